@@ -1,0 +1,44 @@
+# make install | make test | make lint | make bench-procedural | make clean
+# The venv lives in .venv. PyTorch is chosen before the package: a CUDA build where an NVIDIA driver answers,
+# otherwise the CPU build (TORCH_CPU). Override either, e.g. make install TORCH_CPU="torch==2.13.0 --index-url URL".
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_CPU ?= torch==2.13.0
+TORCH_CUDA ?= torch>=2.1
+EXTRAS ?= train,dev
+
+.PHONY: install test lint typecheck bench-procedural clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing a CUDA build of PyTorch ($(TORCH_CUDA))"; \
+		$(BIN)/python -m pip install -q "$(TORCH_CUDA)"; \
+	else \
+		echo "no CUDA device: installing the CPU build of PyTorch ($(TORCH_CPU))"; \
+		$(BIN)/python -m pip install -q $(TORCH_CPU); \
+	fi
+	@touch $@
+
+$(VENV)/.installed: setup.py $(VENV)/.torch
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check agdepth tests benchmarks setup.py
+
+test: install lint
+	$(BIN)/python -m pytest -q tests
+
+bench-procedural: install
+	$(BIN)/python benchmarks/bench_procedural.py --json benchmarks/results/procedural_speed.json \
+		--md benchmarks/results/procedural_speed.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

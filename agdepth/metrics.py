@@ -1,0 +1,196 @@
+"""Depth evaluation: least-squares alignment and the standard per-image metrics (Marigold's definitions).
+
+Everything is numpy float64 on one image at a time; torch tensors (any device) are accepted and converted. Training
+validation, ``depth-eval`` and the benchmarks all call :func:`evaluate` so their numbers agree.
+
+Protocol (Marigold ``eval.py``): align the affine-invariant prediction to the ground truth on valid pixels, clip to
+the dataset's depth range, clamp to ≥ :data:`PRED_EPS`, compute metrics on valid pixels, average per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ArrayLike = np.ndarray | torch.Tensor
+Alignment = Literal["least_squares", "least_squares_disparity"] | None
+
+METRIC_NAMES: tuple[str, ...] = (
+    "abs_rel",
+    "sq_rel",
+    "rmse",
+    "rmse_log",
+    "log10",
+    "delta1",
+    "delta2",
+    "delta3",
+    "i_rmse",
+    "silog_rmse",
+)
+
+# Predictions are clamped to at least this before metrics (Marigold's eval does the same) so log/ratio metrics stay
+# finite; callers should already have clipped to the dataset range.
+PRED_EPS: float = 1e-6
+# Disparity-space alignment clips aligned disparity to at least this before inverting (Marigold: 1e-3).
+MIN_DISPARITY: float = 1e-3
+
+
+def _np(x: ArrayLike, dtype: type = np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+def _inputs(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 pred/gt and bool mask of one shape; the mask is restricted to finite gt > 0."""
+    p, g = _np(pred), _np(gt)
+    m = np.ones(g.shape, dtype=bool) if mask is None else _np(mask, bool)
+    if not (p.shape == g.shape == m.shape):
+        # tolerate singleton batch/channel dims ([1,1,H,W] vs [H,W]) but nothing else
+        p, g, m = np.squeeze(p), np.squeeze(g), np.squeeze(m)
+        if not (p.shape == g.shape == m.shape):
+            raise ValueError(f"shape mismatch: pred {p.shape}, gt {g.shape}, mask {m.shape}")
+    with np.errstate(invalid="ignore"):
+        m = m & np.isfinite(g) & (g > 0)
+    return p, g, m
+
+
+def _fit_scale_shift(x: np.ndarray, y: np.ndarray, mask: np.ndarray, max_resolution: int | None) -> tuple[float, float]:
+    """argmin_{s,t} Σ_mask (s·x + t − y)², optionally fitted on a nearest-downsampled copy."""
+    if max_resolution is not None and x.ndim >= 2:
+        factor = min(max_resolution / x.shape[-2], max_resolution / x.shape[-1])
+        if factor < 1:
+            # Fitting two numbers does not need every pixel; this mirrors Marigold's --alignment_max_res.
+            # (Marigold's own code only shrinks the width; we shrink both axes.)
+            def down(a: np.ndarray) -> np.ndarray:
+                t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).reshape(1, 1, *a.shape[-2:])
+                return F.interpolate(t, scale_factor=factor, mode="nearest").numpy()[0, 0]
+
+            x, y, mask = down(x), down(y), down(mask) > 0.5
+    m = mask & np.isfinite(x)
+    if int(m.sum()) < 2:
+        raise ValueError(f"need at least 2 valid pixels for scale/shift alignment, got {int(m.sum())}")
+    xm, ym = x[m], y[m]
+    a = np.stack([xm, np.ones_like(xm)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(a, ym, rcond=None)
+    return float(s), float(t)
+
+
+def align_least_squares(
+    pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None, max_resolution: int | None = None
+) -> tuple[np.ndarray, float, float]:
+    """Scale s and shift t minimising ‖s·pred + t − gt‖² over valid pixels (mask & finite gt > 0).
+
+    Returns ``(s·pred + t, s, t)`` with the aligned map covering every pixel (float64, pred's shape after
+    singleton-squeezing if shapes differed). ``max_resolution`` fits on a nearest-downsampled copy whose longer side
+    is at most that. Raises ValueError with fewer than 2 valid pixels.
+    """
+    p, g, m = _inputs(pred, gt, mask)
+    s, t = _fit_scale_shift(p, g, m, max_resolution)
+    return s * p + t, s, t
+
+
+def align_least_squares_disparity(
+    pred_disparity: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None, max_resolution: int | None = None
+) -> tuple[np.ndarray, float, float]:
+    """Marigold's "least_square_disparity": fit the prediction, taken as affine-invariant *disparity*, to 1/gt.
+
+    The fit uses valid pixels where the prediction is also > 0 (as Marigold); aligned disparity is clipped to
+    ≥ :data:`MIN_DISPARITY` and inverted. Returns ``(depth, s, t)`` with s, t the disparity-space scale/shift.
+    """
+    p, g, m = _inputs(pred_disparity, gt, mask)
+    gt_disp = np.zeros_like(g)
+    gt_disp[m] = 1.0 / g[m]
+    with np.errstate(invalid="ignore"):
+        fit_mask = m & (p > 0)
+    s, t = _fit_scale_shift(p, gt_disp, fit_mask, max_resolution)
+    disp = np.maximum(s * p + t, MIN_DISPARITY)
+    return 1.0 / disp, s, t
+
+
+def compute_metrics(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None) -> dict[str, float]:
+    """Metrics of one depth map on valid pixels (mask & finite gt > 0), keys :data:`METRIC_NAMES`.
+
+    ``pred`` is metric depth (already aligned/clipped); it is clamped to ≥ :data:`PRED_EPS`. ``silog_rmse`` is
+    100·sqrt(mean(d²) − mean(d)²) with d = ln p − ln g, and ``i_rmse`` the RMSE of 1/p − 1/g, as in Marigold.
+    Raises ValueError if no pixel is valid.
+    """
+    p, g, m = _inputs(pred, gt, mask)
+    if not m.any():
+        raise ValueError("no valid ground-truth pixels")
+    p, g = np.maximum(p[m], PRED_EPS), g[m]
+    err = p - g
+    dlog = np.log(p) - np.log(g)
+    ratio = np.maximum(p / g, g / p)
+    return {
+        "abs_rel": float(np.mean(np.abs(err) / g)),
+        "sq_rel": float(np.mean(err**2 / g)),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "rmse_log": float(np.sqrt(np.mean(dlog**2))),
+        "log10": float(np.mean(np.abs(np.log10(p) - np.log10(g)))),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+        "i_rmse": float(np.sqrt(np.mean((1.0 / p - 1.0 / g) ** 2))),
+        # max(·, 0): the variance can round to a tiny negative number for a near-perfect prediction
+        "silog_rmse": float(100.0 * np.sqrt(max(np.mean(dlog**2) - np.mean(dlog) ** 2, 0.0))),
+    }
+
+
+def aligned_depth(
+    pred: ArrayLike,
+    gt: ArrayLike,
+    mask: ArrayLike | None = None,
+    depth_range: tuple[float, float] | None = None,
+    alignment: Alignment = "least_squares",
+    max_resolution: int | None = None,
+) -> np.ndarray:
+    """The prediction as it is scored: aligned to gt (or not, with ``alignment=None``), then clipped to
+    ``depth_range`` (min, max) if given. Useful for saving aligned maps next to their metrics."""
+    if alignment == "least_squares":
+        out, _, _ = align_least_squares(pred, gt, mask, max_resolution)
+    elif alignment == "least_squares_disparity":
+        out, _, _ = align_least_squares_disparity(pred, gt, mask, max_resolution)
+    elif alignment is None:
+        out = _inputs(pred, gt, mask)[0]
+    else:
+        raise ValueError(f"unknown alignment {alignment!r}")
+    if depth_range is not None:
+        lo, hi = depth_range
+        if not 0 <= lo < hi:
+            raise ValueError(f"depth_range must satisfy 0 <= min < max, got {depth_range}")
+        out = np.clip(out, lo, hi)
+    return out
+
+
+def evaluate(
+    pred: ArrayLike,
+    gt: ArrayLike,
+    mask: ArrayLike | None = None,
+    depth_range: tuple[float, float] | None = None,
+    alignment: Alignment = "least_squares",
+    max_resolution: int | None = None,
+) -> dict[str, float]:
+    """Align, clip to ``depth_range`` and :func:`compute_metrics` — the whole per-image protocol.
+
+    ``mask`` should be the dataset's evaluation mask (e.g. Eigen crop & gt in range); gt ≤ 0 / non-finite are
+    excluded regardless. With ``"least_squares_disparity"`` the prediction is taken to be disparity.
+    """
+    p, g, m = _inputs(pred, gt, mask)
+    return compute_metrics(aligned_depth(p, g, m, depth_range, alignment, max_resolution), g, m)
+
+
+def mean_metrics(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Per-image average (each image weighs the same, as in Marigold and the papers' tables)."""
+    rows = list(per_image)
+    if not rows:
+        raise ValueError("no metrics to average")
+    keys = list(rows[0])
+    for r in rows[1:]:
+        if set(r) != set(keys):
+            raise ValueError(f"metric keys differ between images: {sorted(keys)} vs {sorted(r)}")
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}

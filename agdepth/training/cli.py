@@ -1,0 +1,83 @@
+"""depth-train: the training stages of the tiny and sd2 presets.
+
+    depth-train all --config tiny --out runs/tiny                # vae -> autoencoder -> unet
+    depth-train unet --config tiny --out runs/tiny --resume      # continue a stage bit-exactly
+    torchrun --nproc_per_node 2 -m agdepth.training.cli unet --config sd2 --out runs/sd2 --set pretrained=DIR
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from agdepth.training.config import STAGES, load_config
+
+_common = [
+    click.option("--config", "config", default="tiny", show_default=True,
+                 help="Shipped config name (tiny, sd2) or a YAML file."),
+    click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Run directory: stage outputs, train_state/, logs/, and checkpoint/."),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                 help="Override a config value, e.g. --set stages.unet.iterations=100 (repeatable)."),
+    click.option("--resume", is_flag=True, help="Continue from the stage's saved state in OUT/train_state/."),
+    click.option("--overwrite", is_flag=True, help="Discard an existing saved state of the stage and restart."),
+    click.option("--no-progress", is_flag=True, help="Disable the progress bar (logs still go to OUT/logs/)."),
+]
+
+
+def _with_common(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+def _run(stages: tuple[str, ...], config: str, out: Path, overrides: tuple[str, ...], resume: bool,
+         overwrite: bool, no_progress: bool) -> None:
+    from agdepth.training.trainer import TooManyCorruptSamplesError, TrainingDivergedError, train_stage
+
+    try:
+        cfg = load_config(config, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from e
+    for name in stages:
+        try:
+            result = train_stage(name, cfg, out, resume=resume, overwrite=overwrite, progress=not no_progress)
+        except (TrainingDivergedError, TooManyCorruptSamplesError, FileNotFoundError, FileExistsError,
+                ValueError) as e:
+            click.echo(f"depth-train {name}: error: {e}", err=True)
+            sys.exit(1)
+        click.echo(f"[{name}] done: {result}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train the autoencoder-guided depth diffusion model (stages: vae, autoencoder, unet)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    @main.command(name=name, help=help_text)
+    @_with_common
+    def cmd(**kw) -> None:  # type: ignore[no-untyped-def]
+        _run((name,), **kw)
+
+
+_stage_command("vae", "Train the tiny preset's VAE on procedural RGB and depth (sd2 uses SD2's VAE).")
+_stage_command("autoencoder", "Pretrain the depth autoencoder on normalised ground-truth depth (paper Fig. 1).")
+_stage_command("unet", "Train the depth U-Net with L_v + L_BerHu + L_GM + L_feature; writes OUT/checkpoint.")
+
+
+@main.command(name="all")
+@_with_common
+def all_stages(**kw) -> None:  # type: ignore[no-untyped-def]
+    """Run every stage the preset needs, in order (tiny: vae, autoencoder, unet; sd2: autoencoder, unet)."""
+    cfg = load_config(kw["config"], kw["overrides"])
+    stages = tuple(s for s in STAGES if s in cfg.stages)
+    _run(stages, **kw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Training configuration: YAML files shipped in `agdepth/configs/`, validated into dataclasses.
+
+A config names the preset (`tiny` or `sd2`), the data sources with their per-batch mixing probabilities, and one
+section per training stage. Any value can be overridden from the command line with ``--set a.b.c=value``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agdepth.training.losses import LossWeights
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+STAGES = ("vae", "autoencoder", "unet")
+
+
+@dataclass
+class StageConfig:
+    iterations: int = 100  # optimizer updates
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1  # micro-batches per update: effective batch = batch_size * grad_accum * world size
+    lr: float = 3e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    log_every: int = 10
+    val_every: int = 0  # 0: validate only at the end
+    ckpt_every: int = 100
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; fp16 adds a GradScaler)
+    gradient_checkpointing: bool = False
+    size: tuple[int, int] | None = None  # training crop/render size; None: data.size
+    kl_weight: float = 1e-6  # vae stage: KL term of the AutoencoderKL
+    losses: LossWeights = field(default_factory=LossWeights)  # unet stage: eq. 8 terms, 0 switches a term off
+    val_steps: int = 1  # unet stage: DDIM steps (trailing) of the validation prediction
+
+
+@dataclass
+class SourceConfig:
+    type: str  # procedural | hypersim | vkitti
+    probability: float = 1.0  # share of batches drawn from this source
+    domains: list[str] = field(default_factory=list)  # procedural
+    length: int = 100_000  # procedural: virtual dataset length
+    root: str | None = None  # hypersim / vkitti
+    filename_list: str | None = None
+    resize: tuple[int, int] | None = None
+
+
+@dataclass
+class DataConfig:
+    size: tuple[int, int] = (128, 128)
+    sources: list[SourceConfig] = field(default_factory=list)
+    hflip: bool = True
+    val_domains: list[str] = field(default_factory=list)  # procedural unseen domains for periodic validation
+    val_count: int = 8  # scenes per validation domain
+    num_workers: int = 0
+    max_corrupt: int = 50  # unreadable samples tolerated before the run stops
+    log_samples: bool = False  # debug: each rank logs the sample names it read and its final weight digest
+
+
+@dataclass
+class InferenceDefaults:
+    """Written into the checkpoint's model_index.json (as Marigold v1.1 does) for the runtime to use."""
+
+    denoising_steps: int = 1
+    ensemble_size: int = 1
+    timestep_spacing: str = "trailing"
+    processing_resolution: int = 128
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"  # tiny | sd2
+    pretrained: str | None = None  # sd2: local SD2 / Marigold diffusers directory
+    seed: int = 0
+    device: str = "auto"
+    model: dict[str, Any] = field(default_factory=dict)  # tiny preset sizes (agdepth.models.TinyModelConfig)
+    autoencoder: dict[str, Any] = field(default_factory=dict)  # DepthAutoencoder constructor arguments
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    inference: InferenceDefaults = field(default_factory=InferenceDefaults)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        return self.stages.get(name, StageConfig())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(d).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in config section {where!r}: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if cls is StageConfig and k == "losses":
+            v = _build(LossWeights, v, f"{where}.losses")
+        elif k in ("size", "betas", "resize") and v is not None:
+            v = _tuples(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    d = copy.deepcopy(d)
+    data = d.pop("data", {}) or {}
+    sources = [_build(SourceConfig, s, f"data.sources[{i}]") for i, s in enumerate(data.pop("sources", []) or [])]
+    data_cfg = _build(DataConfig, data, "data")
+    data_cfg.sources = sources
+    stages = {}
+    for name, s in (d.pop("stages", {}) or {}).items():
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r} in config; stages are {', '.join(STAGES)}")
+        stages[name] = _build(StageConfig, s or {}, f"stages.{name}")
+    inference = _build(InferenceDefaults, d.pop("inference", {}) or {}, "inference")
+    cfg = _build(TrainConfig, d, "top level")
+    cfg.data, cfg.stages, cfg.inference = data_cfg, stages, inference
+    if cfg.preset not in ("tiny", "sd2"):
+        raise ValueError(f"preset must be 'tiny' or 'sd2', got {cfg.preset!r}")
+    if cfg.preset == "sd2" and "vae" in stages:
+        raise ValueError("the sd2 preset uses SD2's pretrained VAE: remove the 'vae' stage from the config")
+    return cfg
+
+
+def _set_dotted(d: Any, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists (an integer key indexes a list, e.g. data.sources.0.root)."""
+    keys = dotted.split(".")
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(d, list):
+            if not k.isdigit() or int(k) >= len(d):
+                raise ValueError(f"--set {dotted}: {k!r} is not an index of a list of {len(d)}")
+            if last:
+                d[int(k)] = value
+            else:
+                d = d[int(k)]
+        elif isinstance(d, dict):
+            if last:
+                d[k] = value
+            else:
+                d = d.setdefault(k, {})
+        else:
+            raise ValueError(f"--set {dotted}: {k!r} is not inside a section")
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A shipped config by name (`tiny`, `sd2`) or a YAML file path."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(names)})")
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config and apply ``key.path=value`` overrides (values parsed as YAML)."""
+    path = resolve_config_path(name_or_path)
+    with open(path, encoding="utf-8") as f:
+        d = yaml.safe_load(f) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value, got {item!r}")
+        k, v = item.split("=", 1)
+        _set_dotted(d, k.strip(), yaml.safe_load(v))
+    return config_from_dict(d)

@@ -1,0 +1,299 @@
+"""The three training stages: what each one trains, its loss, its validation and what it exports.
+
+- ``vae``: the tiny preset's AutoencoderKL on procedural RGB and 3-channel normalised depth (SD2 brings its own).
+- ``autoencoder``: the paper's depth autoencoder, reconstructing normalised ground-truth depth (Fig. 1).
+- ``unet``: the depth U-Net with eq. 8, L_v + L_BerHu + L_GM + L_feature, each term weighted from the config.
+
+The generic loop in :mod:`agdepth.training.trainer` drives any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agdepth.checkpoint import atomic_dir, marigold_schedule, save_checkpoint
+from agdepth.depth_norm import LATENT_SCALE, latent_valid_mask, mean_of_channels, normalize_depth, stack_to_rgb
+from agdepth.metrics import evaluate
+from agdepth.models import (
+    TinyModelConfig,
+    build_tiny_unet,
+    build_tiny_vae,
+    load_sd2,
+    tiny_empty_text_embedding,
+)
+from agdepth.training.config import StageConfig, TrainConfig
+from agdepth.training.depth_autoencoder import DepthAutoencoder, autoencoder_loss
+from agdepth.training.losses import berhu_loss, combine_losses, feature_loss, gradient_matching_loss, v_loss
+
+logger = logging.getLogger(__name__)
+
+Terms = dict[str, torch.Tensor]
+
+
+def _freeze(m: nn.Module) -> nn.Module:
+    m.eval()
+    m.requires_grad_(False)
+    return m
+
+
+class Stage:
+    """One training stage. ``trainable`` is the only module the optimiser sees (and DDP wraps)."""
+
+    name: str
+    trainable: nn.Module
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
+        self.cfg, self.out_dir, self.device = cfg, Path(out_dir), device
+        self.scfg: StageConfig = cfg.stage(self.name)
+
+    def forward_loss(self, net: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        """Total loss and its logged terms for one micro-batch; ``gen`` seeds all of the step's randomness."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def export(self, step: int) -> Path:
+        raise NotImplementedError
+
+
+def _depth_target(batch: dict[str, Any]) -> torch.Tensor:
+    return normalize_depth(batch["depth"], batch["valid"])
+
+
+class VAEStage(Stage):
+    name = "vae"
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
+        super().__init__(cfg, out_dir, device)
+        if cfg.preset != "tiny":
+            raise ValueError("the vae stage exists for the tiny preset only: sd2 uses SD2's pretrained VAE")
+        torch.manual_seed(cfg.seed)
+        self.trainable = build_tiny_vae(TinyModelConfig.from_dict(cfg.model)).to(device)
+        if self.scfg.gradient_checkpointing:
+            self.trainable.enable_gradient_checkpointing()
+
+    def forward_loss(self, vae: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        rgb, valid = batch["rgb"], batch["valid"]
+        depth = stack_to_rgb(_depth_target(batch))
+        x = torch.cat([rgb, depth])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x)
+        recon = vae.decode(z).sample
+        n = rgb.shape[0]
+        d_rec, d_tgt = mean_of_channels(recon[n:]), mean_of_channels(depth)
+        terms = {
+            "rgb_l1": (recon[:n] - rgb).abs().mean(),
+            # depth maps must decode well where they are defined; invalid pixels (sky) carry no target
+            "depth_l1": (d_rec - d_tgt).abs()[valid].mean() if valid.any() else d_rec.sum() * 0,
+            # edges survive the 8x compression only if the decoder is pushed to keep them
+            "depth_gm": gradient_matching_loss(d_rec, d_tgt, valid),
+            "kl": posterior.kl().mean() * self.scfg.kl_weight,
+        }
+        return sum(terms.values()), terms  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        vae = self.trainable.eval()
+        rgb_err, depth_err = [], []
+        for b in batches:
+            rgb, valid = b["rgb"].to(self.device), b["valid"].to(self.device)
+            depth = stack_to_rgb(normalize_depth(b["depth"].to(self.device), valid))
+            rec = vae.decode(vae.encode(torch.cat([rgb, depth])).latent_dist.mean).sample
+            n = rgb.shape[0]
+            rgb_err.append((rec[:n] - rgb).abs().mean().item())
+            depth_err.append((mean_of_channels(rec[n:]) - mean_of_channels(depth)).abs()[valid].mean().item())
+        vae.train()
+        return {"rgb_l1": float(np.mean(rgb_err)), "depth_l1": float(np.mean(depth_err))}
+
+    def export(self, step: int) -> Path:
+        with atomic_dir(self.out_dir / "vae") as tmp:
+            self.trainable.save_pretrained(tmp, safe_serialization=True)
+        return self.out_dir / "vae"
+
+
+class AutoencoderStage(Stage):
+    name = "autoencoder"
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
+        super().__init__(cfg, out_dir, device)
+        torch.manual_seed(cfg.seed)
+        self.trainable = DepthAutoencoder(**cfg.autoencoder).to(device)
+
+    def forward_loss(self, ae: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        target = _depth_target(batch)
+        loss = autoencoder_loss(ae(target), target, batch["valid"])
+        return loss, {"recon": loss}
+
+    @torch.no_grad()
+    def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        ae = self.trainable.eval()
+        errs = []
+        for b in batches:
+            valid = b["valid"].to(self.device)
+            target = normalize_depth(b["depth"].to(self.device), valid)
+            errs.append((ae(target) - target).abs()[valid].mean().item())
+        ae.train()
+        return {"depth_l1": float(np.mean(errs))}
+
+    def export(self, step: int) -> Path:
+        with atomic_dir(self.out_dir / "depth_autoencoder") as tmp:
+            self.trainable.save_pretrained(tmp, safe_serialization=True)
+        return self.out_dir / "depth_autoencoder"
+
+
+class UNetStage(Stage):
+    """Fine-tuning (sd2) or training (tiny) the depth U-Net with the paper's losses."""
+
+    name = "unet"
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
+        super().__init__(cfg, out_dir, device)
+        self.schedule = marigold_schedule()
+        w = self.scfg.losses
+        if cfg.preset == "sd2":
+            if not cfg.pretrained:
+                raise ValueError("the sd2 preset needs `pretrained`: a local SD2 or Marigold diffusers directory "
+                                 "(--set pretrained=/path/to/stable-diffusion-2)")
+            models = load_sd2(cfg.pretrained)
+            unet, vae, emb = models.unet, models.vae, models.empty_text_embedding
+        else:
+            vae_dir = self.out_dir / "vae"
+            if not (vae_dir / "config.json").is_file():
+                raise FileNotFoundError(f"{vae_dir} not found: train the tiny VAE first (depth-train vae --out "
+                                        f"{self.out_dir})")
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True)
+            tcfg = TinyModelConfig.from_dict(cfg.model)
+            torch.manual_seed(cfg.seed)
+            unet = build_tiny_unet(tcfg)
+            emb = tiny_empty_text_embedding(tcfg, seed=cfg.seed)
+        self.vae = _freeze(vae.to(device))
+        self.embedding = emb.to(device)
+        self.autoencoder: DepthAutoencoder | None = None
+        ae_dir = self.out_dir / "depth_autoencoder"
+        if w.feature > 0 or ae_dir.is_dir():
+            if not (ae_dir / "config.json").is_file():
+                raise FileNotFoundError(f"{ae_dir} not found: the feature loss needs the pretrained depth "
+                                        f"autoencoder (depth-train autoencoder --out {self.out_dir}), or set "
+                                        "stages.unet.losses.feature=0")
+            self.autoencoder = _freeze(DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True).to(device))
+        self.trainable = unet.to(device)
+        if self.scfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            # the frozen decoder is differentiated through for the pixel losses: checkpoint it too
+            self.vae.enable_gradient_checkpointing()
+        self.pixel_losses = w.berhu > 0 or w.gm > 0 or w.feature > 0
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * LATENT_SCALE
+
+    def forward_loss(self, unet: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        rgb, valid = batch["rgb"], batch["valid"]
+        target = _depth_target(batch)
+        rgb_latent = self._encode(rgb)
+        depth_latent = self._encode(stack_to_rgb(target))
+        b = rgb.shape[0]
+        noise = torch.randn(depth_latent.shape, generator=gen).to(depth_latent)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=gen).to(rgb.device)
+        z_t = self.schedule.add_noise(depth_latent, noise, t)
+        v_target = self.schedule.velocity(depth_latent, noise, t)
+        cond = self.embedding.expand(b, -1, -1).to(rgb_latent.dtype)
+        v_pred = unet(torch.cat([rgb_latent, z_t], dim=1), t, encoder_hidden_states=cond).sample
+        w = self.scfg.losses
+        terms: Terms = {}
+        if w.v > 0:
+            terms["v"] = v_loss(v_pred.float(), v_target.float(), latent_valid_mask(valid))
+        if self.pixel_losses:
+            # x̂0 = √ᾱ z_t − √(1−ᾱ) v̂, decoded by the frozen VAE with gradients flowing back to the U-Net
+            z0 = self.schedule.x0_from_v(z_t, v_pred, t)
+            d_hat = mean_of_channels(self.vae.decode((z0 / LATENT_SCALE).to(self.vae.dtype)).sample).float()
+            if w.berhu > 0:
+                terms["berhu"] = berhu_loss(d_hat, target, valid)
+            if w.gm > 0:
+                terms["gm"] = gradient_matching_loss(d_hat, target, valid)
+            if w.feature > 0:
+                assert self.autoencoder is not None
+                # eq. 7 has no mask: invalid pixels take the target's value so they add no feature difference
+                d_in = torch.where(valid, d_hat, target)
+                with torch.no_grad():
+                    f_target = self.autoencoder.encode_features(target)
+                terms["feature"] = feature_loss(self.autoencoder.encode_features(d_in), f_target)
+        total, _ = combine_losses(terms, w)
+        return total, terms
+
+    @torch.no_grad()
+    def predict(self, rgb: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+        """Depth in [0, 1] by a trailing-spaced DDIM loop: a validation probe, not the deployment runtime."""
+        unet = self.trainable
+        was_training = unet.training
+        unet.eval()
+        rgb_latent = self._encode(rgb)
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(rgb_latent.shape, generator=g).to(rgb_latent)
+        cond = self.embedding.expand(rgb.shape[0], -1, -1).to(rgb_latent.dtype)
+        for t, prev_t in self.schedule.ddim_step_pairs(steps, spacing="trailing"):
+            tt = torch.full((rgb.shape[0],), t, device=rgb.device, dtype=torch.long)
+            v = unet(torch.cat([rgb_latent, z], dim=1), tt, encoder_hidden_states=cond).sample
+            z, _ = self.schedule.ddim_step(v, t, prev_t, z)
+        depth = mean_of_channels(self.vae.decode(z / LATENT_SCALE).sample)
+        unet.train(was_training)
+        return ((depth.clamp(-1, 1) + 1) / 2).float()
+
+    @torch.no_grad()
+    def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        per_domain: dict[str, list[dict[str, float]]] = {}
+        for b in batches:
+            pred = self.predict(b["rgb"].to(self.device), self.scfg.val_steps, seed=self.cfg.seed).cpu()
+            for i in range(pred.shape[0]):
+                m = evaluate(pred[i, 0].numpy(), b["depth"][i, 0].numpy(), b["valid"][i, 0].numpy())
+                per_domain.setdefault(b["domain"][i], []).append(m)
+        out: dict[str, float] = {}
+        for dom, ms in per_domain.items():
+            out[f"{dom}/abs_rel"] = float(np.mean([m["abs_rel"] for m in ms]))
+            out[f"{dom}/delta1"] = float(np.mean([m["delta1"] for m in ms]))
+        return out
+
+    def export(self, step: int) -> Path:
+        target = self.out_dir / "checkpoint"
+        save_checkpoint(
+            target,
+            self.trainable,
+            self.vae,
+            self.embedding,
+            depth_autoencoder=self.autoencoder,
+            inference=self.cfg.inference,
+            schedule=self.schedule,
+            info={"preset": self.cfg.preset, "trained_steps": step, "losses": vars(self.scfg.losses)},
+        )
+        return target
+
+
+class LossModule(nn.Module):
+    """Wraps a stage's trainable network so that DDP sees the whole loss computation as one forward()."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__()
+        self.net = stage.trainable
+        self._stage = [stage]  # a list keeps the stage (and its frozen networks) out of the module tree
+
+    def forward(self, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        return self._stage[0].forward_loss(self.net, batch, gen)
+
+
+STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "autoencoder": AutoencoderStage, "unet": UNetStage}
+
+
+def make_stage(name: str, cfg: TrainConfig, out_dir: Path, device: torch.device) -> Stage:
+    if name not in STAGE_CLASSES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_CLASSES)}")
+    return STAGE_CLASSES[name](cfg, out_dir, device)

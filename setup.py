@@ -1,0 +1,41 @@
+"""agdepth: autoencoder-guided latent-diffusion monocular depth, from training to deployment."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+# Ranges are chosen to admit the versions this project is tested with (see README) and their minor successors.
+# torch is deliberately a lower bound only: the Makefile picks a CPU or CUDA build before installing this package.
+INSTALL_REQUIRES = [
+    "torch>=2.1",
+    "diffusers>=0.32,<0.50",
+    "safetensors>=0.4,<1",
+    "numpy>=1.24,<3",
+    "pillow>=10,<14",
+    "scikit-image>=0.22,<0.30",  # offline photographed textures for the procedural scenes
+    "tqdm>=4.66,<5",
+    "click>=8.1,<9",
+    "pyyaml>=6,<7",
+]
+
+EXTRAS = {
+    # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
+    "train": ["transformers>=4.40,<6"],
+    "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "transformers>=4.40,<6"],
+}
+
+setup(
+    name="agdepth",
+    version="0.1.0",
+    description="Autoencoder-guided latent diffusion for monocular depth: training, ONNX/TensorRT export, runtime",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["agdepth", "agdepth.*"]),
+    package_data={"agdepth": ["configs/*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["depth-train=agdepth.training.cli:main"]},
+)
