@@ -145,3 +145,31 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path: Path, monkeypatch: p
     weights = _state(tmp_path, "autoencoder")
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert (tmp_path / "depth_autoencoder" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_two_process_ddp_reads_disjoint_samples_and_ends_identical(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes on gloo: each rank reads its own samples, gradients are averaged."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    sets = [*TINY_OVERRIDES, "stages.autoencoder.iterations=3", "data.log_samples=true", "data.val_domains=[]"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "agdepth.training.cli", "autoencoder", "--config", "tiny", "--out", str(out), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {}
+    for r in (0, 1):
+        lines = (out / "logs" / f"autoencoder.samples.rank{r}.jsonl").read_text().splitlines()
+        names[r] = [json.loads(line)["names"] for line in lines]
+        assert len(names[r]) == 3 and all(len(n) == 2 for n in names[r])
+    for a, b in zip(names[0], names[1], strict=True):
+        assert not set(a) & set(b), (a, b)
+    digests = [json.loads((out / "logs" / f"autoencoder.final.rank{r}.jsonl").read_text())["digest"] for r in (0, 1)]
+    assert digests[0] == digests[1]
+    start = [json.loads(line) for line in (out / "logs" / "autoencoder.jsonl").read_text().splitlines()][0]
+    assert start["world_size"] == 2

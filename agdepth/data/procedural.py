@@ -155,9 +155,9 @@ class _Builder:
         self.count = 0
 
     def mat(self, role: str, scale: float) -> np.ndarray:
-        names, base = self.spec.textures[role]
+        names, base, jitter = self.spec.textures[role]
         name = str(self.rng.choice(names))
-        jitter = 0.12 if name in _COLOUR_PHOTOS else 0.3
+        jitter *= 0.4 if name in _COLOUR_PHOTOS else 1.0  # photos already carry colour
         tint = np.asarray(base) * self.rng.uniform(1 - jitter, 1 + jitter, 3) * self.rng.uniform(0.75, 1.1)
         return np.array([_texture_bank()[0][name], scale, *tint.clip(0.05, 1.2), self.rng.uniform(0, 8)], np.float32)
 
@@ -198,11 +198,15 @@ def _intersect(geo: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         if len(geo.planes):
             n = geo.planes[:, :3].T
             ts.append((geo.planes[:, 3] - o @ n) / (d @ n))
-        if len(geo.boxes):  # slab method over rays x boxes; entry point, or exit point when the origin is inside
-            inv = (1.0 / d)[:, None]
-            t1 = (geo.boxes[None, :, :3] - o[:, None]) * inv
-            t2 = (geo.boxes[None, :, 3:] - o[:, None]) * inv
-            tn, tf = np.minimum(t1, t2).max(-1), np.maximum(t1, t2).min(-1)
+        if len(geo.boxes):  # slab method over rays x boxes, one axis at a time (small-axis reductions are slow)
+            tn = tf = None
+            for k in range(3):
+                inv = 1.0 / d[:, k:k + 1]
+                t1 = (geo.boxes[:, k] - o[:, k:k + 1]) * inv
+                t2 = (geo.boxes[:, k + 3] - o[:, k:k + 1]) * inv
+                lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
+                tn, tf = (lo, hi) if tn is None else (np.maximum(tn, lo, out=tn), np.minimum(tf, hi, out=tf))
+            # entry point, or the exit point when the origin is inside the box
             ts.append(np.where(tf >= tn, np.where(tn > _EPS, tn, tf), np.inf))
         if len(geo.cylinders):
             cx, cz, r, y0, y1 = geo.cylinders.T
@@ -219,11 +223,13 @@ def _intersect(geo: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
             tc = (y1 - oy) / dy
             cap = (tc > _EPS) & ((ox + tc * dx) ** 2 + (oz + tc * dz) ** 2 <= r * r)
             ts.append(np.minimum(side, np.where(cap, tc, np.inf)))
-        if len(geo.spheres):
-            oc = o[:, None, :] - geo.spheres[None, :, :3]
-            b = (d[:, None, :] * oc).sum(-1)
-            a = (d * d).sum(-1, keepdims=True)
-            disc = b * b - a * ((oc * oc).sum(-1) - geo.spheres[:, 3] ** 2)
+        if len(geo.spheres):  # per-axis accumulation keeps float32 precise (no |o|^2 - 2 o.c + |c|^2 cancellation)
+            b = cc = 0.0
+            for k in range(3):
+                ock = o[:, k:k + 1] - geo.spheres[:, k]
+                b, cc = b + d[:, k:k + 1] * ock, cc + ock * ock
+            a = (d * d).sum(1, keepdims=True)
+            disc = b * b - a * (cc - geo.spheres[:, 3] ** 2)
             sq = np.sqrt(np.maximum(disc, 0))
             t0 = (-b - sq) / a
             ts.append(np.where(disc >= 0, np.where(t0 > _EPS, t0, (-b + sq) / a), np.inf))
@@ -362,7 +368,8 @@ class DomainSpec:
     roll_deg: float  # max |roll|
     yaw_deg: float  # max |yaw| around the domain's reference heading
     depth_range: tuple[float, float]
-    textures: dict[str, tuple[tuple[str, ...], tuple[float, float, float]]]  # role -> (sources, base tint)
+    # surface role -> (texture sources, base tint rgb, per-channel tint jitter)
+    textures: dict[str, tuple[tuple[str, ...], tuple[float, float, float], float]]
     build: Callable[[np.random.Generator, DomainSpec], Layout] = field(repr=False)
 
 
@@ -444,8 +451,9 @@ def _build_indoor(rng: np.random.Generator, spec: DomainSpec) -> Layout:
                 b.sphere(((lo[0] + hi[0]) / 2, r, (lo[2] + hi[2]) / 2), r, b.mat("furniture", 0.5))
             else:
                 b.box(lo, hi, b.mat("picture" if role == "picture" else "furniture", 1.0 if role == "picture" else 0.8))
-    light = Light(np.array([rng.uniform(0.5, w - 0.5), h - 0.15, rng.uniform(dp / 3, dp - 0.5)]), point=True,
-                  intensity=rng.uniform(0.8, 1.2), ambient=rng.uniform(0.2, 0.35), falloff=rng.uniform(3, 6))
+    lamp = np.array([rng.uniform(0.5, w - 0.5), h - rng.uniform(0.4, 0.8), rng.uniform(dp / 3, dp - 0.5)])
+    light = Light(lamp, point=True, intensity=rng.uniform(0.8, 1.2), ambient=rng.uniform(0.2, 0.35),
+                  falloff=rng.uniform(3, 6))
     return Layout(b.build(), _camera(rng, spec, cam, np.deg2rad(rng.choice([0, 15, -15]))), light)
 
 
@@ -491,16 +499,16 @@ def _build_forest(rng: np.random.Generator, spec: DomainSpec) -> Layout:
 
     b.plane((-sx, 1, -sz), 0, b.mat("ground", rng.uniform(1, 3)))
     crowns = 0
-    for _ in range(int(rng.integers(9, 16))):
-        x, z = rng.uniform(-14, 14), rng.uniform(1, 35)
+    for _ in range(int(rng.integers(10, 18))):
+        x, z = rng.uniform(-12, 12), rng.uniform(1, 28)
         if np.hypot(x, z) < 1.5:
             continue
-        r, top = np.exp(rng.uniform(np.log(0.08), np.log(0.5))), rng.uniform(4, 14)
+        r, top = np.exp(rng.uniform(np.log(0.1), np.log(0.6))), rng.uniform(3, 12)
         y0 = ground(x, z) - 0.3
         b.cylinder(x, z, r, y0, y0 + top, b.mat("trunk", rng.uniform(0.5, 1.5)))
-        if crowns < 4 and rng.random() < 0.4:
-            rc = rng.uniform(1.2, 3.0)
-            b.sphere((x, y0 + top + 0.5 * rc, z), rc, b.mat("crown", rng.uniform(1, 3)))
+        if crowns < 5 and rng.random() < 0.5:
+            rc = rng.uniform(1.2, 3.5)
+            b.sphere((x, y0 + top + 0.3 * rc, z), rc, b.mat("crown", rng.uniform(1, 3)))
             crowns += 1
     for _ in range(int(rng.integers(0, 4))):
         x, z, r = rng.uniform(-8, 8), rng.uniform(2, 20), rng.uniform(0.2, 0.8)
@@ -533,11 +541,11 @@ def _build_tabletop(rng: np.random.Generator, spec: DomainSpec) -> Layout:
         else:
             r = rng.uniform(0.03, 0.1)
             b.sphere((x, th + r, z), r, m)
-    # look at a point near the table centre from the front; pitch fixes the horizontal distance
+    # look at a point near the table centre from the front; keep the camera beyond the table's front edge
     cam = _camera(rng, spec, (0, 0, 0))
-    hh = rng.uniform(*spec.height)
-    dist = hh / np.tan(-cam.pitch)
-    tx, tz = rng.uniform(-0.2, 0.2), rng.uniform(-0.15, 0.15)
+    hh, tx, tz = rng.uniform(*spec.height), rng.uniform(-0.2, 0.2), rng.uniform(-0.15, 0.15)
+    dist = max(hh / np.tan(-cam.pitch), (tz + td / 2) / np.cos(cam.yaw) + 0.1)
+    cam.pitch = -np.arctan2(hh, dist)
     cam.position = np.array([tx - np.sin(cam.yaw) * dist, th + hh, tz - np.cos(cam.yaw) * dist])
     # light from the camera side: the back wall is an infinite plane and must not occlude it
     light = Light(_sun(rng, (35, 75), rng.uniform(0.6, 1.4) * np.pi), intensity=rng.uniform(0.8, 1.1),
@@ -549,26 +557,27 @@ _GREY = (0.85, 0.85, 0.85)
 DOMAINS: dict[str, DomainSpec] = {
     "indoor": DomainSpec(
         "indoor", "train", (55, 75), (1.2, 1.7), (-20, 5), 3, 35, (0.1, 12.0),
-        {"floor": (("wood", "tiles", "checker", "noise"), (0.8, 0.65, 0.5)),
-         "wall": (("noise", "stripes", "brick", "text"), (0.9, 0.88, 0.82)), "ceiling": (("noise",), (0.95,) * 3),
-         "furniture": (("wood", "noise", "checker", "coins", "stripes"), (0.75, 0.6, 0.45)),
-         "picture": (("astronaut", "coffee", "camera"), _GREY)}, _build_indoor),
+        {"floor": (("wood", "tiles", "checker", "noise"), (0.8, 0.65, 0.5), 0.25),
+         "wall": (("noise", "stripes", "brick", "text"), (0.9, 0.88, 0.82), 0.2),
+         "ceiling": (("noise",), (0.95, 0.95, 0.95), 0.05),
+         "furniture": (("wood", "noise", "checker", "coins", "stripes"), (0.75, 0.6, 0.45), 0.35),
+         "picture": (("astronaut", "coffee", "camera"), _GREY, 0.1)}, _build_indoor),
     "street": DomainSpec(
         "street", "train", (50, 80), (1.4, 2.2), (-10, 5), 2, 20, (0.5, 80.0),
-        {"road": (("noise",), (0.45, 0.45, 0.47)), "sidewalk": (("tiles", "brick"), (0.75, 0.72, 0.7)),
-         "building": (("brick", "tiles", "stripes", "text", "camera", "noise"), (0.85, 0.75, 0.65)),
-         "vehicle": (("noise", "checker", "stripes", "coffee"), (0.7, 0.7, 0.75)), "tyre": (("noise",), (0.2,) * 3),
-         "pole": (("noise",), (0.5,) * 3)}, _build_street),
+        {"road": (("noise",), (0.45, 0.45, 0.47), 0.05), "sidewalk": (("tiles", "brick"), (0.75, 0.72, 0.7), 0.1),
+         "building": (("brick", "tiles", "stripes", "text", "camera", "noise"), (0.85, 0.75, 0.65), 0.3),
+         "vehicle": (("noise", "checker", "stripes", "coffee"), (0.7, 0.7, 0.75), 0.5),
+         "tyre": (("noise",), (0.2, 0.2, 0.2), 0.0), "pole": (("noise",), (0.5, 0.5, 0.5), 0.05)}, _build_street),
     "forest": DomainSpec(
-        "forest", "eval", (75, 100), (0.4, 1.2), (-5, 20), 6, 30, (0.2, 60.0),
-        {"ground": (("grass", "gravel", "leaves"), (0.55, 0.7, 0.35)), "trunk": (("bark",), (0.5, 0.38, 0.28)),
-         "crown": (("leaves", "moon"), (0.35, 0.6, 0.25)), "rock": (("gravel", "moon", "marble"), (0.7, 0.7, 0.68))},
-        _build_forest),
+        "forest", "eval", (75, 100), (0.4, 1.2), (-8, 15), 6, 30, (0.2, 60.0),
+        {"ground": (("grass", "gravel", "leaves"), (0.55, 0.65, 0.35), 0.15),
+         "trunk": (("bark",), (0.5, 0.38, 0.28), 0.15), "crown": (("leaves", "moon"), (0.35, 0.6, 0.25), 0.2),
+         "rock": (("gravel", "moon", "marble"), (0.7, 0.7, 0.68), 0.1)}, _build_forest),
     "tabletop": DomainSpec(
-        "tabletop", "eval", (25, 45), (0.25, 0.7), (-55, -25), 4, 30, (0.05, 5.0),
-        {"floor": (("marble", "cells"), (0.7, 0.65, 0.6)), "wall": (("moon", "cells"), (0.9, 0.88, 0.85)),
-         "table": (("marble", "bark", "gravel"), (0.8, 0.7, 0.6)),
-         "object": (("chelsea", "rocket", "cells", "marble", "leaves", "grass"), _GREY)}, _build_tabletop),
+        "tabletop", "eval", (25, 45), (0.3, 0.9), (-55, -25), 4, 30, (0.05, 5.0),
+        {"floor": (("marble", "cells"), (0.7, 0.65, 0.6), 0.15), "wall": (("moon", "cells"), (0.9, 0.88, 0.85), 0.1),
+         "table": (("marble", "bark", "gravel"), (0.8, 0.7, 0.6), 0.2),
+         "object": (("chelsea", "rocket", "cells", "marble", "leaves", "grass"), _GREY, 0.5)}, _build_tabletop),
 }
 TRAIN_DOMAINS: tuple[str, ...] = ("indoor", "street")
 EVAL_DOMAINS: tuple[str, ...] = ("forest", "tabletop")

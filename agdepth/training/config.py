@@ -32,7 +32,7 @@ class StageConfig:
     log_every: int = 10
     val_every: int = 0  # 0: validate only at the end
     ckpt_every: int = 100
-    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; fp16 adds a GradScaler)
+    mixed_precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a GradScaler)
     gradient_checkpointing: bool = False
     size: tuple[int, int] | None = None  # training crop/render size; None: data.size
     kl_weight: float = 1e-6  # vae stage: KL term of the AutoencoderKL
@@ -109,6 +109,8 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     for k, v in d.items():
         if cls is StageConfig and k == "losses":
             v = _build(LossWeights, v, f"{where}.losses")
+        elif k == "mixed_precision" and v in (False, None, "no"):
+            v = "fp32"  # YAML reads a bare `no` as False
         elif k in ("size", "betas", "resize") and v is not None:
             v = _tuples(v)
         kwargs[k] = v

@@ -230,10 +230,10 @@ class JsonlLog:
 
 
 def _autocast(device: torch.device, mode: str) -> Any:
-    if mode == "no":
+    if mode == "fp32":
         return nullcontext()
     if mode not in ("fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {mode!r}")
+        raise ValueError(f"mixed_precision must be fp32, fp16 or bf16, got {mode!r}")
     return torch.autocast(device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)
 
 
@@ -339,7 +339,7 @@ def train_stage(
                     save(step)
                     raise TrainingDivergedError(
                         f"non-finite loss at {stage_name} step {step} (micro-batch {micro}): "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                         + f". Training stopped; the last good weights (before this step) are in {state_dir} and "
                         f"the exported model. Lower the learning rate or check the data, then --resume.")
                 if total is not None:
