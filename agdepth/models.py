@@ -96,6 +96,34 @@ def tiny_empty_text_embedding(cfg: TinyModelConfig, seed: int = 0) -> torch.Tens
     return torch.randn(1, cfg.text_tokens, cfg.cross_attention_dim, generator=g)
 
 
+# Stable Diffusion 2's published U-Net and VAE configurations (stabilityai/stable-diffusion-2, unet/ and vae/
+# config.json). With random weights they cost exactly what the real networks cost: used to measure memory and latency
+# where the 5 GB of weights are not at hand (pretrained: random).
+SD2_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 96, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280), "attention_head_dim": (5, 10, 20, 20),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 1024, "use_linear_projection": True, "norm_num_groups": 32,
+}
+SD2_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "sample_size": 768,
+    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "norm_num_groups": 32, "scaling_factor": 0.18215,
+}
+
+
+def build_sd2_random(seed: int = 0, torch_dtype: torch.dtype = torch.float32) -> DepthModels:
+    """SD2's architecture with random weights (8-channel conv_in, [1, 2, 1024] embedding): same cost as the real one."""
+    torch.manual_seed(seed)
+    unet = expand_conv_in(UNet2DConditionModel(**SD2_UNET_CONFIG))
+    vae = AutoencoderKL(**SD2_VAE_CONFIG)
+    if torch_dtype != torch.float32:
+        unet, vae = unet.to(torch_dtype), vae.to(torch_dtype)
+    emb = torch.randn(1, 2, SD2_UNET_CONFIG["cross_attention_dim"], generator=torch.Generator().manual_seed(seed))
+    return DepthModels(unet=unet, vae=vae, empty_text_embedding=emb.to(torch_dtype), extra={"random": True})
+
+
 def expand_conv_in(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """Make a 4-channel SD U-Net take the 8-channel [rgb, depth] latent (Marigold's initialisation).
 

@@ -22,6 +22,7 @@ from agdepth.depth_norm import LATENT_SCALE, latent_valid_mask, mean_of_channels
 from agdepth.metrics import evaluate
 from agdepth.models import (
     TinyModelConfig,
+    build_sd2_random,
     build_tiny_unet,
     build_tiny_vae,
     load_sd2,
@@ -162,7 +163,8 @@ class UNetStage(Stage):
             if not cfg.pretrained:
                 raise ValueError("the sd2 preset needs `pretrained`: a local SD2 or Marigold diffusers directory "
                                  "(--set pretrained=/path/to/stable-diffusion-2)")
-            models = load_sd2(cfg.pretrained)
+            # "random": SD2's architecture untrained, for measuring memory and speed without the weights
+            models = build_sd2_random(cfg.seed) if cfg.pretrained == "random" else load_sd2(cfg.pretrained)
             unet, vae, emb = models.unet, models.vae, models.empty_text_embedding
         else:
             vae_dir = self.out_dir / "vae"
@@ -192,6 +194,11 @@ class UNetStage(Stage):
             # the frozen decoder is differentiated through for the pixel losses: checkpoint it too
             self.vae.enable_gradient_checkpointing()
         self.pixel_losses = w.berhu > 0 or w.gm > 0 or w.feature > 0
+        if self.scfg.mixed_precision == "bf16":
+            # frozen networks need no fp32 master copy; bf16 keeps fp32's range, so SD's VAE does not overflow
+            self.vae.to(torch.bfloat16)
+            if self.autoencoder is not None:
+                self.autoencoder.to(torch.bfloat16)
 
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
