@@ -198,7 +198,9 @@ def load_sd2(model_dir: str | Path, torch_dtype: torch.dtype = torch.float32) ->
         raise FileNotFoundError(f"checkpoint directory not found: {model_dir}")
     for sub in ("unet", "vae"):
         if not (model_dir / sub / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir / sub / 'config.json'} is missing: not a diffusers SD2/Marigold directory")
+            raise FileNotFoundError(
+                f"{model_dir / sub / 'config.json'} is missing: not a diffusers SD2/Marigold directory"
+            )
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", use_safetensors=True,
                                                 torch_dtype=torch_dtype)
     vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype)

@@ -53,7 +53,8 @@ def run_setting(name: str, mp: str, ckpt: bool, losses: str, args: argparse.Name
     cfg = load_config("sd2", ["pretrained=random", f"stages.unet.mixed_precision={mp}",
                               f"stages.unet.gradient_checkpointing={str(ckpt).lower()}",
                               f"stages.unet.batch_size={args.batch_size}",
-                              f"stages.unet.losses={{v: {lw.v}, berhu: {lw.berhu}, gm: {lw.gm}, feature: {lw.feature}}}"])
+                              f"stages.unet.losses={{v: {lw.v}, berhu: {lw.berhu}, gm: {lw.gm}, "
+                              f"feature: {lw.feature}}}"])
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

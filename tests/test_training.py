@@ -1,4 +1,4 @@
-"""Training stages on the tiny preset, on CPU: they learn, resume bit-exactly, stop cleanly, and export loadable dirs."""
+"""Training stages on the tiny preset, on CPU: they learn, resume bit-exactly, stop cleanly, export loadable dirs."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _losses_on_fixed_batch(stage_name: str, out: Path, steps: int, lr: float) ->
     module = LossModule(stage)
     opt = torch.optim.Adam(stage.trainable.parameters(), lr=lr)
     losses = []
-    for i in range(steps):
+    for _ in range(steps):
         # the same noise/timesteps every step, so the curve measures fitting, not sampling luck
         total, _ = module(batch, step_generator(0, 0, 0))
         opt.zero_grad()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 SPLIT_BASE: dict[str, int] = {"train": 0, "test": 2**30, "val": 2**31}
@@ -161,34 +162,29 @@ class _Builder:
         tint = np.asarray(base) * self.rng.uniform(1 - jitter, 1 + jitter, 3) * self.rng.uniform(0.75, 1.1)
         return np.array([_texture_bank()[0][name], scale, *tint.clip(0.05, 1.2), self.rng.uniform(0, 8)], np.float32)
 
-    def _add(self, kind: int, prim: Sequence[float], mat: np.ndarray) -> None:
+    def _add(self, kind: int, prim: npt.ArrayLike, mat: np.ndarray) -> None:
         self.prims[kind].append(np.asarray(prim, np.float32))
         self.mats[kind].append(mat)
         self.count += 1
 
-    def plane(self, n: Sequence[float], o: float, mat: np.ndarray) -> None:
-        n = np.asarray(n, np.float64)
-        self._add(0, [*(n / np.linalg.norm(n)), o / np.linalg.norm(n)], mat)
+    def plane(self, n: npt.ArrayLike, o: float, mat: np.ndarray) -> None:
+        nv = np.asarray(n, np.float64)
+        norm = np.linalg.norm(nv)
+        self._add(0, np.append(nv / norm, o / norm), mat)
 
-    def box(self, lo: Sequence[float], hi: Sequence[float], mat: np.ndarray) -> None:
-        self._add(1, [*np.minimum(lo, hi), *np.maximum(lo, hi)], mat)
+    def box(self, lo: npt.ArrayLike, hi: npt.ArrayLike, mat: np.ndarray) -> None:
+        self._add(1, np.append(np.minimum(lo, hi), np.maximum(lo, hi)), mat)
 
     def cylinder(self, cx: float, cz: float, r: float, y0: float, y1: float, mat: np.ndarray) -> None:
         self._add(2, [cx, cz, r, y0, y1], mat)
 
-    def sphere(self, c: Sequence[float], r: float, mat: np.ndarray) -> None:
-        self._add(3, [*c, r], mat)
+    def sphere(self, c: npt.ArrayLike, r: float, mat: np.ndarray) -> None:
+        self._add(3, np.append(c, r), mat)
 
     def build(self) -> Geometry:
         widths = (4, 6, 5, 4)
         arr = [np.stack(p) if p else np.zeros((0, w), np.float32) for p, w in zip(self.prims, widths, strict=True)]
-        return Geometry(*arr, np.stack([m for ms in self.mats for m in ms]))
-
-
-def _kinds(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    counts = [len(geo.planes), len(geo.boxes), len(geo.cylinders), len(geo.spheres)]
-    kind = np.repeat(np.arange(4), counts)
-    return kind, np.arange(len(kind)) - np.concatenate([[0], np.cumsum(counts)])[kind]
+        return Geometry(arr[0], arr[1], arr[2], arr[3], np.stack([m for ms in self.mats for m in ms]))
 
 
 def _intersect(geo: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -199,13 +195,12 @@ def _intersect(geo: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
             n = geo.planes[:, :3].T
             ts.append((geo.planes[:, 3] - o @ n) / (d @ n))
         if len(geo.boxes):  # slab method over rays x boxes, one axis at a time (small-axis reductions are slow)
-            tn = tf = None
+            tn, tf = np.full((len(d), len(geo.boxes)), -np.inf, np.float32), np.inf
             for k in range(3):
                 inv = 1.0 / d[:, k:k + 1]
                 t1 = (geo.boxes[:, k] - o[:, k:k + 1]) * inv
                 t2 = (geo.boxes[:, k + 3] - o[:, k:k + 1]) * inv
-                lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-                tn, tf = (lo, hi) if tn is None else (np.maximum(tn, lo, out=tn), np.minimum(tf, hi, out=tf))
+                tn, tf = np.maximum(tn, np.minimum(t1, t2)), np.minimum(tf, np.maximum(t1, t2))
             # entry point, or the exit point when the origin is inside the box
             ts.append(np.where(tf >= tn, np.where(tn > _EPS, tn, tf), np.inf))
         if len(geo.cylinders):
@@ -239,8 +234,9 @@ def _intersect(geo: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def _surface(geo: Geometry, p: np.ndarray, pid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Geometric normal and world-space texture coordinates (metres) at hit points p of primitives pid."""
-    kind, local = _kinds(geo)
-    kind, local = kind[pid], local[pid]
+    counts = [len(geo.planes), len(geo.boxes), len(geo.cylinders), len(geo.spheres)]
+    kind = np.repeat(np.arange(4), counts)[pid]  # 0 plane, 1 box, 2 cylinder, 3 sphere
+    local = pid - np.concatenate([[0], np.cumsum(counts)])[kind]
     n = np.zeros_like(p)
     m = kind == 0
     n[m] = geo.planes[local[m], :3]
@@ -277,9 +273,9 @@ def _sample_texture(mat: np.ndarray, uv: np.ndarray, footprint: np.ndarray) -> n
     _, levels = _texture_bank()
     tid, scale = mat[:, 0].astype(np.int64), mat[:, 1:2]
     tuv = uv / scale + mat[:, 5:6]
-    lvl = np.clip(np.log2(np.maximum(footprint / scale[:, 0] * _TEX_SIZE, 1e-6)).astype(int) + 1, 0, _TEX_LEVELS - 1)
+    lvl = np.clip(np.round(np.log2(np.maximum(footprint / scale[:, 0] * _TEX_SIZE, 1e-6))), 0, _TEX_LEVELS - 1)
     out = np.empty((len(uv), 3), np.float32)
-    for lv, tex in enumerate(levels):
+    for lv, tex in enumerate(levels):  # one gather per mip level
         m = np.flatnonzero(lvl == lv)
         if len(m):
             s = tex.shape[1]
@@ -373,7 +369,7 @@ class DomainSpec:
     build: Callable[[np.random.Generator, DomainSpec], Layout] = field(repr=False)
 
 
-def _camera(rng: np.random.Generator, spec: DomainSpec, pos: Sequence[float], yaw0: float = 0.0) -> Camera:
+def _camera(rng: np.random.Generator, spec: DomainSpec, pos: npt.ArrayLike, yaw0: float = 0.0) -> Camera:
     rad = np.deg2rad
     return Camera(np.asarray(pos, np.float64), yaw0 + rad(rng.uniform(-spec.yaw_deg, spec.yaw_deg)),
                   rad(rng.uniform(*spec.pitch_deg)), rad(rng.uniform(-spec.roll_deg, spec.roll_deg)),
@@ -614,10 +610,8 @@ def sample_layout(domain: str, seed: int) -> Layout:
 def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), split: str = "train", *,
                  shadows: bool = True) -> Scene:
     """Render scene ``index`` of ``domain``/``split`` at size (H, W); a deterministic function of its arguments."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
     seed = scene_seed(split, index)
-    lay = sample_layout(domain, seed)
+    lay = sample_layout(domain, seed)  # raises ValueError for unknown domains
     out = render_geometry(lay.geo, lay.camera, size, lay.light, shadows=shadows, sky=lay.sky, fog=lay.fog)
     lo, hi = DEPTH_RANGES[domain]
     valid = out.hit & (out.depth >= lo) & (out.depth <= hi)
@@ -635,8 +629,8 @@ def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), sp
 class ProceduralDataset(torch.utils.data.Dataset):
     """Map-style dataset over procedural scenes, in the project's common sample-dict format.
 
-    Item ``i`` renders ``domains[i % len(domains)]`` with scene index ``seed * 2**20 + i // len(domains)``, so
-    datasets with different ``seed`` never share scenes. ``hflip`` flips rgb/depth/valid together with
+    Item ``i`` renders ``domains[i % len(domains)]`` with scene index ``(seed % 1024) * 2**20 + i // len(domains)``,
+    so datasets whose seeds differ modulo 1024 never share scenes. ``hflip`` flips rgb/depth/valid together with
     probability 0.5, deterministically given ``(seed, i)``.
     """
 
@@ -646,10 +640,11 @@ class ProceduralDataset(torch.utils.data.Dataset):
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown or not self.domains:
             raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(DOMAINS)}")
-        if not 0 <= seed < SPLIT_SPAN // _SEED_STRIDE or not 0 <= length <= len(self.domains) * _SEED_STRIDE:
-            raise ValueError("seed must be in [0, 1024) and length <= len(domains) * 2**20")
+        if seed < 0 or not 0 <= length <= len(self.domains) * _SEED_STRIDE:
+            raise ValueError(f"need seed >= 0 and 0 <= length <= len(domains) * 2**20, got {seed=}, {length=}")
         scene_seed(split, 0)  # validates split
-        self.length, self.size, self.split, self.hflip, self.seed = length, tuple(size), split, hflip, seed
+        self.length, self.split, self.hflip, self.seed = length, split, hflip, seed
+        self.size: tuple[int, int] = (int(size[0]), int(size[1]))
 
     def __len__(self) -> int:
         return self.length
@@ -657,7 +652,7 @@ class ProceduralDataset(torch.utils.data.Dataset):
     def locate(self, i: int) -> tuple[str, int]:
         """(domain, scene index) of item i."""
         n = len(self.domains)
-        return self.domains[i % n], self.seed * _SEED_STRIDE + i // n
+        return self.domains[i % n], self.seed % (SPLIT_SPAN // _SEED_STRIDE) * _SEED_STRIDE + i // n
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
