@@ -34,7 +34,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["agdepth", "agdepth.*"]),
-    package_data={"agdepth": ["configs/*.yaml"]},
+    # the bundled tiny model ships inside the package (agdepth.default_checkpoint())
+    package_data={"agdepth": ["configs/*.yaml", "weights/tiny/*.json", "weights/tiny/*.safetensors",
+                              "weights/tiny/*/*.json", "weights/tiny/*/*.safetensors"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["depth-train=agdepth.training.cli:main"]},

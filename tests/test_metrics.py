@@ -163,3 +163,27 @@ def test_mean_metrics_is_per_image_average():
         M.mean_metrics([])
     with pytest.raises(ValueError):
         M.mean_metrics([a, {"abs_rel": 0.1}])
+
+
+def test_boundary_f1_hand_cases() -> None:
+    from agdepth.metrics import boundary_f1, depth_edges
+
+    gt = np.ones((6, 8))
+    gt[:, 4:] = 2.0  # one vertical discontinuity between columns 3 and 4
+    e = depth_edges(gt)
+    assert e[:, 3].all() and e[:, 4].all() and e.sum() == 12
+    # perfect prediction (any positive affine copy): F1 = 1
+    assert boundary_f1(gt * 3 + 1, gt)["edge_f1"] == 1.0
+    # a flat prediction finds no edge: recall 0, F1 0, precision undefined
+    r = boundary_f1(np.ones_like(gt), gt)
+    assert r["edge_recall"] == 0.0 and r["edge_f1"] == 0.0 and np.isnan(r["edge_precision"])
+    # the edge one column off: matched with tolerance 1, not with 0 (columns 4,5 vs 3,4: half overlap)
+    shifted = np.ones((6, 8))
+    shifted[:, 5:] = 2.0
+    assert boundary_f1(shifted, gt, tolerance=1)["edge_f1"] == 1.0
+    r0 = boundary_f1(shifted, gt, tolerance=0)
+    assert r0["edge_precision"] == 0.5 and r0["edge_recall"] == 0.5
+    # masked pixels neither create nor hide edges
+    mask = np.ones_like(gt, bool)
+    mask[:, 4:] = False
+    assert np.isnan(boundary_f1(gt, gt, mask)["edge_f1"])

@@ -285,7 +285,8 @@ def train_stage(
     sample_log = JsonlLog(out_dir / "logs" / f"{stage_name}.samples.rank{info.rank}.jsonl") \
         if cfg.data.log_samples else JsonlLog(None)
     if info.is_main:
-        log.write({"event": "start", "stage": stage_name, "step": start, "world_size": info.world_size,
+        log.write({"event": "start", "stage": stage_name, "step": start, "time": time.time(),
+                   "world_size": info.world_size,
                    "device": str(device), "config": cfg.to_dict()})
 
     def save(step: int) -> None:
@@ -372,7 +373,8 @@ def train_stage(
         JsonlLog(out_dir / "logs" / f"{stage_name}.final.rank{info.rank}.jsonl").write(
             {"digest": weights_digest(net), "step": scfg.iterations})
     if info.is_main:
-        log.write({"event": "end", "stage": stage_name, "step": scfg.iterations, "corrupt": len(corrupt),
+        log.write({"event": "end", "stage": stage_name, "step": scfg.iterations, "time": time.time(),
+                   "corrupt": len(corrupt),
                    "corrupt_files": corrupt[:100]})
     return out_dir / {"vae": "vae", "autoencoder": "depth_autoencoder", "unet": "checkpoint"}[stage_name]
 

@@ -1,0 +1,1 @@
+"""Evaluation protocols: benchmark datasets and the procedural unseen domains."""

@@ -1,0 +1,113 @@
+"""The backend interface: the three network calls the runtime's DDIM loop needs, and the settings that go with them.
+
+A backend owns the networks (PyTorch modules, ONNX Runtime sessions or TensorRT engines) and nothing else: the DDIM
+loop, pre/post-processing and ensembling live in :mod:`agdepth.runtime.pipeline` and are shared by every backend.
+Tensors cross the interface as torch tensors on :attr:`DepthBackend.device` in :attr:`DepthBackend.dtype`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from agdepth.schedule import TIMESTEP_SPACINGS, NoiseSchedule
+
+# Marigold's own fallbacks (diffusers' MarigoldDepthPipeline / the v1-0 checkpoints) for directories whose
+# model_index.json does not say.
+FALLBACK_STEPS = 50
+FALLBACK_PROCESSING_RESOLUTION = 768
+FALLBACK_ENSEMBLE_SIZE = 1
+FALLBACK_TIMESTEP_SPACING = "leading"
+
+
+@dataclass(frozen=True)
+class RuntimeDefaults:
+    """Inference settings a checkpoint recommends; the pipeline uses them for every argument left as None."""
+
+    steps: int = FALLBACK_STEPS
+    processing_resolution: int = FALLBACK_PROCESSING_RESOLUTION  # longer edge; 0 = native resolution
+    ensemble_size: int = FALLBACK_ENSEMBLE_SIZE
+    timestep_spacing: str = FALLBACK_TIMESTEP_SPACING
+
+    def __post_init__(self) -> None:
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
+
+    @classmethod
+    def from_model_index(
+        cls, model_index: dict[str, Any] | None, scheduler_config: dict[str, Any] | None = None
+    ) -> RuntimeDefaults:
+        """Read ``model_index.json`` (agdepth or official Marigold); missing or null values fall back.
+
+        The spacing comes from ``model_index["agdepth"]``, else from the scheduler config (what diffusers'
+        pipeline would use for an official Marigold directory), else "leading".
+        """
+        index = model_index or {}
+        extra = index.get("agdepth") or {}
+        sched = scheduler_config or {}
+
+        def pick(*values: Any) -> Any:
+            return next(v for v in values if v is not None)  # 0 is a valid resolution, so no `or`
+
+        return cls(
+            steps=int(pick(index.get("default_denoising_steps"), FALLBACK_STEPS)),
+            processing_resolution=int(
+                pick(index.get("default_processing_resolution"), FALLBACK_PROCESSING_RESOLUTION)
+            ),
+            ensemble_size=int(pick(extra.get("ensemble_size"), FALLBACK_ENSEMBLE_SIZE)),
+            timestep_spacing=str(
+                pick(extra.get("timestep_spacing"), sched.get("timestep_spacing"), FALLBACK_TIMESTEP_SPACING)
+            ),
+        )
+
+
+@runtime_checkable
+class DepthBackend(Protocol):
+    """What :class:`agdepth.runtime.pipeline.DepthPipeline` needs from a set of networks.
+
+    Shapes: B batch rows, H×W the padded image (a multiple of 8), h×w = H/8×W/8 the latent, L×C the text embedding.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs are expected and outputs are returned."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of inputs and outputs (latents, noise and images use it too)."""
+        ...
+
+    @property
+    def empty_text_embedding(self) -> torch.Tensor:
+        """[1, L, C] empty-prompt embedding on :attr:`device` in :attr:`dtype`."""
+        ...
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The checkpoint's noise schedule (from its scheduler config)."""
+        ...
+
+    @property
+    def defaults(self) -> RuntimeDefaults:
+        """The checkpoint's recommended inference settings."""
+        ...
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] RGB in [-1,1] -> [B,4,h,w]: VAE posterior mean × latent scale factor (0.18215)."""
+        ...
+
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """U-Net: [B,8,h,w] = cat(rgb latent, noisy depth latent), [B] int64 timesteps, [B,L,C] -> [B,4,h,w]."""
+        ...
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """[B,4,h,w] -> [B,1,H,W]: latent / scale factor -> VAE decoder -> mean of the 3 channels, NOT clipped."""
+        ...
+
+
+__all__ = ["DepthBackend", "RuntimeDefaults"]

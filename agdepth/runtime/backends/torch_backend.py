@@ -1,0 +1,96 @@
+"""PyTorch backend: the diffusers U-Net and VAE of a checkpoint directory, called eagerly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from agdepth.checkpoint import load_checkpoint, marigold_schedule
+from agdepth.runtime.backends import DepthBackend, RuntimeDefaults
+from agdepth.schedule import NoiseSchedule
+
+VAE_SCALE_FACTOR = 8  # the runtime pads to multiples of 8 and sizes latents as H/8 × W/8
+
+
+class TorchBackend(DepthBackend):
+    """:class:`DepthBackend` over in-memory diffusers modules (any device / floating dtype torch supports)."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        empty_text_embedding: torch.Tensor,
+        schedule: NoiseSchedule,
+        defaults: RuntimeDefaults | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if factor != VAE_SCALE_FACTOR:
+            raise ValueError(f"the VAE downsamples by {factor}; the runtime supports {VAE_SCALE_FACTOR}× VAEs only")
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self.unet = self._place(unet, self._device, dtype)
+        self.vae = self._place(vae, self._device, dtype)
+        self._emb = empty_text_embedding.to(device=self._device, dtype=dtype)
+        self._schedule = schedule
+        self._defaults = defaults or RuntimeDefaults()
+        # diffusers' Marigold pipeline scales by the VAE's own config value (0.18215 for SD's and the tiny VAE)
+        self._scale = float(vae.config.scaling_factor)
+
+    @staticmethod
+    def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        # cast only when needed: diffusers warns on every .to(dtype) (from_checkpoint already loads in `dtype`)
+        if next(module.parameters()).dtype != dtype:
+            module = module.to(dtype=dtype)
+        return module.to(device=device).eval()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> TorchBackend:
+        """Load an agdepth or official Marigold checkpoint directory (safetensors only)."""
+        models = load_checkpoint(path, torch_dtype=dtype)
+        index = models.extra.get("model_index") or {}
+        sched_cfg = models.extra.get("scheduler_config")
+        schedule = NoiseSchedule.from_config(sched_cfg) if sched_cfg else marigold_schedule("leading")
+        defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
+        return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def empty_text_embedding(self) -> torch.Tensor:
+        return self._emb
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self._schedule
+
+    @property
+    def defaults(self) -> RuntimeDefaults:
+        return self._defaults
+
+    @torch.no_grad()
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(rgb.to(device=self._device, dtype=self._dtype)).latent_dist
+        return posterior.mean * self._scale
+
+    @torch.no_grad()
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        image = self.vae.decode(latent / self._scale, return_dict=False)[0]
+        return image.mean(dim=1, keepdim=True)

@@ -1,0 +1,156 @@
+"""Image pre/post-processing, operation for operation as diffusers' ``MarigoldImageProcessor``.
+
+Input: to float, divide by the dtype's maximum ([0, 1]), map to [-1, 1], resize so the longer edge equals the
+processing resolution (``F.interpolate`` with antialiasing for bilinear/bicubic), replicate-pad bottom/right to a
+multiple of 8. Output: drop the padding, resize back to the input size (no antialiasing). Same order as diffusers, so
+float results agree with its pipeline, not just approximately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+RESAMPLE_METHODS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+ImageInput = Image.Image | np.ndarray
+
+
+@dataclass
+class SizeGroup:
+    """Input images of one size, preprocessed together."""
+
+    indices: list[int]  # positions in the caller's image list
+    image: torch.Tensor  # [n,3,PPH,PPW] in [-1,1], padded
+    padding: tuple[int, int]  # (bottom, right) rows/columns of padding
+    original_size: tuple[int, int]  # (H, W) of the inputs
+
+
+def as_image_list(images: Any) -> list[ImageInput]:
+    """One image, a list of images, or a [N,H,W,C] array -> a list of single images."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given")
+        return list(images)
+    raise TypeError(f"expected a PIL image, a numpy array or a list of them, got {type(images).__name__}")
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """A PIL image or numpy array -> [H,W,3] numpy array (dtype kept; PIL modes other than RGB converted).
+
+    PIL RGBA/LA/P/L/I;16… go through ``convert("RGB")`` (alpha dropped, grey replicated). Numpy: [H,W], [H,W,1]
+    (replicated, as diffusers does), [H,W,3] or [H,W,4] (alpha dropped, like PIL).
+    """
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"numpy images must be [H,W], [H,W,1], [H,W,3] or [H,W,4], got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def load_image_canonical(
+    image: ImageInput, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """-> [1,3,H,W] in [0,1] on device/dtype (diffusers' ``load_image_canonical`` order: cast, move, divide)."""
+    arr = to_rgb_array(image)
+    kind = arr.dtype.kind
+    if kind not in "uf":  # signed ints, bools, complex: diffusers refuses them too
+        raise ValueError(f"unsupported image dtype {arr.dtype}: use unsigned integers or floats in [0, 1]")
+    dtype_max = np.iinfo(arr.dtype).max if kind == "u" else None
+    t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32, copy=False).transpose(2, 0, 1))[None])
+    t = t.to(device=device, dtype=dtype)
+    if dtype_max is not None:
+        t = t / dtype_max
+    elif t.min().item() < 0.0 or t.max().item() > 1.0:
+        raise ValueError("float images must lie in [0, 1]")
+    return t
+
+
+def resize_to_max_edge(image: torch.Tensor, max_edge: int, mode: str = "bilinear") -> torch.Tensor:
+    """[N,C,H,W] -> longer edge = max_edge, sizes floored as diffusers does; antialiased for bilinear/bicubic."""
+    h, w = image.shape[-2:]
+    longer = max(h, w)
+    new_h, new_w = h * max_edge // longer, w * max_edge // longer
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"extreme aspect ratio of the input image: [{w} x {h}]")
+    return resize(image, (new_h, new_w), mode, antialias=True)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = False) -> torch.Tensor:
+    """``F.interpolate``; antialiasing only where torch supports it (bilinear/bicubic), as diffusers decides."""
+    if mode not in RESAMPLE_METHODS:
+        raise ValueError(f"resample method must be one of {RESAMPLE_METHODS}, got {mode!r}")
+    antialias = antialias and mode in ("bilinear", "bicubic")
+    if image.device.type == "cpu" and image.dtype in (torch.float16, torch.bfloat16):
+        # torch's CPU kernels lack half-precision antialiased/bicubic paths: resize in float32 there (on GPUs the
+        # pipeline dtype is kept, as diffusers does)
+        return F.interpolate(image.float(), size, mode=mode, antialias=antialias).to(image.dtype)
+    return F.interpolate(image, size, mode=mode, antialias=antialias)
+
+
+def processed_size(size: tuple[int, int], processing_resolution: int | None) -> tuple[int, int]:
+    """(H, W) after :func:`resize_to_max_edge` (unchanged for None/0), before padding."""
+    h, w = size
+    if not processing_resolution:
+        return h, w
+    longer = max(h, w)
+    return h * processing_resolution // longer, w * processing_resolution // longer
+
+
+def pad_to_multiple(image: torch.Tensor, align: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Replicate-pad bottom/right so H and W are multiples of ``align``; returns (image, (pad_h, pad_w))."""
+    h, w = image.shape[-2:]
+    ph, pw = -h % align, -w % align
+    return F.pad(image, (0, pw, 0, ph), mode="replicate"), (ph, pw)
+
+
+def unpad(image: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`pad_to_multiple` on [..., H, W]."""
+    ph, pw = padding
+    return image[..., : image.shape[-2] - ph, : image.shape[-1] - pw]
+
+
+def preprocess(
+    images: Sequence[ImageInput],
+    processing_resolution: int | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    resample_method: str = "bilinear",
+    align: int = 8,
+) -> list[SizeGroup]:
+    """Load, normalise, resize and pad; images of equal size share one group (groups in order of first appearance).
+
+    ``processing_resolution`` None or 0 keeps the native resolution (padding still applies).
+    """
+    if processing_resolution is not None and processing_resolution < 0:
+        raise ValueError("processing_resolution must be >= 0 (0 = native resolution)")
+    loaded = [load_image_canonical(img, device, dtype) for img in images]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(loaded):
+        by_size.setdefault((int(t.shape[-2]), int(t.shape[-1])), []).append(i)
+    groups = []
+    for size, indices in by_size.items():
+        x = torch.cat([loaded[i] for i in indices], dim=0)
+        x = x * 2.0 - 1.0  # diffusers normalises before resizing
+        if processing_resolution:
+            x = resize_to_max_edge(x, processing_resolution, resample_method)
+        x, padding = pad_to_multiple(x, align)
+        groups.append(SizeGroup(indices=indices, image=x, padding=padding, original_size=size))
+    return groups

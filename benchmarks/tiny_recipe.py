@@ -1,0 +1,126 @@
+"""The bundled tiny model's recipe: train with the project's own commands, time it, bundle it, summarise it.
+
+    python benchmarks/tiny_recipe.py train  --out runs/tiny           # depth-train all --config tiny, timed
+    python benchmarks/tiny_recipe.py bundle --out runs/tiny --steps 1 --ensemble 1 --spacing trailing --res 128
+    python benchmarks/tiny_recipe.py summary --out runs/tiny \
+        --json benchmarks/results/tiny_recipe.json --md benchmarks/results/tiny_recipe.md
+
+`bundle` copies OUT/checkpoint into agdepth/weights/tiny without the depth autoencoder (training only) and writes the
+chosen default inference settings into its model_index.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "agdepth" / "weights" / "tiny"
+STAGES = ("vae", "autoencoder", "unet")
+
+
+def train(out: Path, extra: list[str]) -> None:
+    cmd = ["depth-train", "all", "--config", "tiny", "--out", str(out), *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    (out / "recipe_wall.json").write_text(json.dumps({"command": " ".join(cmd), "wall_seconds": wall}) + "\n")
+    print(f"recipe finished in {wall / 60:.1f} min")
+
+
+def bundle(out: Path, steps: int, ensemble: int, spacing: str, res: int, why: str) -> None:
+    src = out / "checkpoint"
+    if not (src / "model_index.json").is_file():
+        sys.exit(f"{src} is not a checkpoint: run the recipe first")
+    if BUNDLE.exists():
+        shutil.rmtree(BUNDLE)
+    shutil.copytree(src, BUNDLE, ignore=shutil.ignore_patterns("depth_autoencoder"))
+    index = json.loads((BUNDLE / "model_index.json").read_text())
+    index["default_denoising_steps"] = steps
+    index["default_processing_resolution"] = res
+    index["agdepth"].update(ensemble_size=ensemble, timestep_spacing=spacing, depth_autoencoder=None,
+                            defaults_chosen_by=why)
+    (BUNDLE / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    sched = BUNDLE / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(sched.read_text())
+    cfg["timestep_spacing"] = spacing
+    sched.write_text(json.dumps(cfg, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file())
+    print(f"bundled {src} -> {BUNDLE.relative_to(ROOT)} ({size / 2**20:.1f} MiB)")
+
+
+def _records(out: Path, stage: str) -> list[dict]:
+    path = out / "logs" / f"{stage}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def summary(out: Path, json_path: Path | None, md_path: Path | None) -> None:
+    wall = json.loads((out / "recipe_wall.json").read_text()) if (out / "recipe_wall.json").is_file() else {}
+    stages = {}
+    for st in STAGES:
+        recs = _records(out, st)
+        train = [r for r in recs if r["event"] == "train"]
+        val = [r for r in recs if r["event"] == "val"]
+        times = [r["time"] for r in recs if "time" in r]
+        stages[st] = {
+            "iterations": train[-1]["step"] if train else 0,
+            "seconds": (max(times) - min(times)) if len(times) > 1 else None,
+            "final_train": {k: v for k, v in (train[-1] if train else {}).items()
+                            if k not in ("event", "stage", "time", "lr", "corrupt")},
+            "final_validation": {k: v for k, v in (val[-1] if val else {}).items()
+                                 if k not in ("event", "stage")},
+        }
+    size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file()) if BUNDLE.exists() else 0
+    report = {"recipe": wall, "stages": stages, "bundle_mib": size / 2**20, "date": time.strftime("%Y-%m-%d"),
+              "machine": {"platform": platform.platform(), "cores": os.cpu_count()}}
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["# The bundled tiny model: training recipe", "",
+             f"Command: `{wall.get('command', 'depth-train all --config tiny --out runs/tiny')}` "
+             f"(config `agdepth/configs/tiny.yaml`), {report['machine']['cores']} CPU cores, {report['date']}.",
+             f"Whole recipe wall time: **{wall.get('wall_seconds', float('nan')) / 60:.1f} min**; bundle "
+             f"`agdepth/weights/tiny`: {report['bundle_mib']:.1f} MiB.", "",
+             "| stage | updates | wall (min, from the log) | final training loss terms | final validation |",
+             "|---|---|---|---|---|"]
+    for st, s in stages.items():
+        tr = ", ".join(f"{k}={v:.4f}" for k, v in s["final_train"].items()
+                       if isinstance(v, float) and k not in ("it_s",))
+        va = ", ".join(f"{k}={v:.4f}" for k, v in s["final_validation"].items() if isinstance(v, float))
+        secs = f"{s['seconds'] / 60:.1f}" if s["seconds"] else "?"
+        lines.append(f"| {st} | {s['iterations']} | {secs} | {tr} | {va} |")
+    text = "\n".join(lines) + "\n"
+    if md_path:
+        md_path.write_text(text)
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=("train", "bundle", "summary"))
+    ap.add_argument("--out", type=Path, default=Path("runs/tiny"))
+    ap.add_argument("--set", dest="extra", action="append", default=[], help="passed to depth-train as --set")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--ensemble", type=int, default=1)
+    ap.add_argument("--spacing", default="trailing")
+    ap.add_argument("--res", type=int, default=128)
+    ap.add_argument("--why", default="", help="which measurement chose the defaults (recorded in model_index)")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--md", type=Path)
+    a = ap.parse_args()
+    if a.action == "train":
+        train(a.out, [x for s in a.extra for x in ("--set", s)] + ["--no-progress"])
+    elif a.action == "bundle":
+        bundle(a.out, a.steps, a.ensemble, a.spacing, a.res, a.why)
+    else:
+        summary(a.out, a.json, a.md)
+
+
+if __name__ == "__main__":
+    main()
