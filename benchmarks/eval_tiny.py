@@ -85,7 +85,8 @@ def main() -> None:
         pipe = DepthPipeline.from_checkpoint(path)
         latency[label] = time_single_prediction(pipe)
         for steps, ens, spacing in parse_settings(args.settings):
-            def predict(images: list[np.ndarray], steps: int = steps, ens: int = ens, spacing: str = spacing):
+            def predict(images: list[np.ndarray], pipe: DepthPipeline = pipe, steps: int = steps, ens: int = ens,
+                        spacing: str = spacing) -> np.ndarray:
                 return pipe(images, steps=steps, ensemble=ens, timestep_spacing=spacing, seed=args.seed).depth
 
             t0 = time.perf_counter()

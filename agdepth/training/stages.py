@@ -239,31 +239,25 @@ class UNetStage(Stage):
         return total, terms
 
     @torch.no_grad()
-    def predict(self, rgb: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
-        """Depth in [0, 1] by a trailing-spaced DDIM loop: a validation probe, not the deployment runtime."""
-        unet = self.trainable
-        was_training = unet.training
-        unet.eval()
-        rgb_latent = self._encode(rgb)
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(rgb_latent.shape, generator=g).to(rgb_latent)
-        cond = self.embedding.expand(rgb.shape[0], -1, -1).to(rgb_latent.dtype)
-        for t, prev_t in self.schedule.ddim_step_pairs(steps, spacing="trailing"):
-            tt = torch.full((rgb.shape[0],), t, device=rgb.device, dtype=torch.long)
-            v = unet(torch.cat([rgb_latent, z], dim=1), tt, encoder_hidden_states=cond).sample
-            z, _ = self.schedule.ddim_step(v, t, prev_t, z)
-        depth = mean_of_channels(self.vae.decode(z / LATENT_SCALE).sample)
-        unet.train(was_training)
-        return ((depth.clamp(-1, 1) + 1) / 2).float()
-
-    @torch.no_grad()
     def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        """AbsRel/δ1 per held-out domain, predicted by the deployment runtime itself (trailing DDIM, 1 member)."""
+        from agdepth.runtime.backends.torch_backend import TorchBackend
+        from agdepth.runtime.pipeline import DepthPipeline
+
+        was_training = self.trainable.training
+        # the runtime runs in fp32 (the trainable U-Net is fp32 already; a bf16-frozen VAE is cast back below)
+        pipe = DepthPipeline(TorchBackend(self.trainable, self.vae, self.embedding, self.schedule, device=self.device))
         per_domain: dict[str, list[dict[str, float]]] = {}
         for b in batches:
-            pred = self.predict(b["rgb"].to(self.device), self.scfg.val_steps, seed=self.cfg.seed).cpu()
-            for i in range(pred.shape[0]):
-                m = evaluate(pred[i, 0].numpy(), b["depth"][i, 0].numpy(), b["valid"][i, 0].numpy())
+            images = [((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy() for x in b["rgb"]]
+            pred = pipe(images, steps=self.scfg.val_steps, ensemble=1, processing_res=0, timestep_spacing="trailing",
+                        seed=self.cfg.seed).depth
+            for i in range(len(images)):
+                m = evaluate(pred[i], b["depth"][i, 0].numpy(), b["valid"][i, 0].numpy())
                 per_domain.setdefault(b["domain"][i], []).append(m)
+        self.trainable.train(was_training)
+        if self.scfg.mixed_precision == "bf16":
+            self.vae.to(torch.bfloat16)
         out: dict[str, float] = {}
         for dom, ms in per_domain.items():
             out[f"{dom}/abs_rel"] = float(np.mean([m["abs_rel"] for m in ms]))
