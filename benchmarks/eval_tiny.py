@@ -50,7 +50,7 @@ def cpu_name() -> str:
 
 def time_single_prediction(pipe: DepthPipeline, repeats: int = 10) -> float:
     img = render_scene(EVAL_DOMAINS[0], 0, size=(128, 128), split="test").rgb
-    res = pipe.backend.defaults.get("processing_resolution")
+    res = pipe.backend.defaults.processing_resolution
     pipe([img], steps=1, ensemble=1, timestep_spacing="trailing", seed=0)  # warm-up
     times = []
     for _ in range(repeats):

@@ -66,5 +66,7 @@ def evaluate_on_domains(
         # the edge scores are undefined (NaN) on an image without depth discontinuities: average where defined
         edge_keys = [k for k in per_image[0] if k.startswith("edge_")]
         results[dom] = mean_metrics([{k: v for k, v in m.items() if k not in edge_keys} for m in per_image])
-        results[dom].update({k: float(np.nanmean([m[k] for m in per_image])) for k in edge_keys})
+        for k in edge_keys:
+            vals = np.array([m[k] for m in per_image])
+            results[dom][k] = float(vals[~np.isnan(vals)].mean()) if (~np.isnan(vals)).any() else float("nan")
     return results
