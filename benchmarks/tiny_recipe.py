@@ -85,8 +85,9 @@ def summary(out: Path, json_path: Path | None, md_path: Path | None) -> None:
     lines = ["# The bundled tiny model: training recipe", "",
              f"Command: `{wall.get('command', 'depth-train all --config tiny --out runs/tiny')}` "
              f"(config `agdepth/configs/tiny.yaml`), {report['machine']['cores']} CPU cores, {report['date']}.",
-             f"Whole recipe wall time: **{wall.get('wall_seconds', float('nan')) / 60:.1f} min**; bundle "
-             f"`agdepth/weights/tiny`: {report['bundle_mib']:.1f} MiB.", "",
+             f"Whole recipe wall time: **{wall.get('wall_seconds', float('nan')) / 60:.1f} min**"
+             + (f" ({wall['note']})" if wall.get("note") else "") + "; "
+             + (f"bundle `agdepth/weights/tiny`: {report['bundle_mib']:.1f} MiB." if size else "not bundled."), "",
              "| stage | updates | wall (min, from the log) | final training loss terms | final validation |",
              "|---|---|---|---|---|"]
     for st, s in stages.items():

@@ -51,3 +51,11 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         load_config("sd2", ["stages.vae={}"])
     with pytest.raises(ValueError, match="not an index"):
         load_config("sd2", ["data.sources.5.root=x"])
+
+
+def test_numbers_without_a_dot_are_numbers() -> None:
+    # YAML 1.1 reads 2e-3 as a string; an optimiser would fail much later with a confusing error
+    cfg = load_config("tiny", ["stages.unet.lr=2e-3", "stages.unet.iterations=10"])
+    assert cfg.stage("unet").lr == 0.002 and isinstance(cfg.stage("unet").lr, float)
+    with pytest.raises(ValueError, match="stages.unet.lr must be a number"):
+        load_config("tiny", ["stages.unet.lr=fast"])

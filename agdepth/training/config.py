@@ -113,6 +113,12 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
             v = "fp32"  # YAML reads a bare `no` as False
         elif k in ("size", "betas", "resize") and v is not None:
             v = _tuples(v)
+        elif isinstance(v, str) and str(names[k].type).split(" |")[0] in ("float", "int"):
+            # YAML 1.1 reads `2e-3` (no dot) as a string: coerce numeric fields, or say which key is wrong
+            try:
+                v = float(v) if str(names[k].type).startswith("float") else int(v)
+            except ValueError:
+                raise ValueError(f"config key {where}.{k} must be a number, got {v!r}") from None
         kwargs[k] = v
     return cls(**kwargs)
 
