@@ -173,3 +173,25 @@ def test_two_process_ddp_reads_disjoint_samples_and_ends_identical(tmp_path: Pat
     assert digests[0] == digests[1]
     start = [json.loads(line) for line in (out / "logs" / "autoencoder.jsonl").read_text().splitlines()][0]
     assert start["world_size"] == 2
+
+
+@pytest.mark.parametrize("prob,expect_all_final", [(0.0, False), (1.0, True)])
+def test_final_timestep_share(pretrained_run: Path, prob: float, expect_all_final: bool,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from agdepth.schedule import NoiseSchedule
+
+    cfg = tiny_cfg(f"stages.unet.final_timestep_prob={prob}", "stages.unet.batch_size=8")
+    stage = make_stage("unet", cfg, pretrained_run, torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    original = NoiseSchedule.add_noise
+
+    def spy(self, z0, noise, t):  # type: ignore[no-untyped-def]
+        seen.append(t.clone())
+        return original(self, z0, noise, t)
+
+    monkeypatch.setattr(NoiseSchedule, "add_noise", spy)
+    batch = next(BatchStream(cfg, cfg.stage("unet"), DistInfo()).iterate(0))
+    LossModule(stage)(batch, step_generator(0, 0, 0))
+    t = seen[0]
+    assert bool((t == 999).all()) == expect_all_final
+    assert t.min() >= 0 and t.max() <= 999

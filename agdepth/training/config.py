@@ -38,6 +38,9 @@ class StageConfig:
     kl_weight: float = 1e-6  # vae stage: KL term of the AutoencoderKL
     losses: LossWeights = field(default_factory=LossWeights)  # unet stage: eq. 8 terms, 0 switches a term off
     val_steps: int = 1  # unet stage: DDIM steps (trailing) of the validation prediction
+    # unet stage: share of samples trained at the last timestep T-1, where 1-step trailing DDIM predicts from pure
+    # noise (E2E-FT, arXiv 2409.11355). 0 = the paper's uniform DDPM sampling.
+    final_timestep_prob: float = 0.0
 
 
 @dataclass

@@ -211,7 +211,11 @@ class UNetStage(Stage):
         depth_latent = self._encode(stack_to_rgb(target))
         b = rgb.shape[0]
         noise = torch.randn(depth_latent.shape, generator=gen).to(depth_latent)
-        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=gen).to(rgb.device)
+        T = self.schedule.num_train_timesteps
+        t = torch.randint(0, T, (b,), generator=gen)
+        if self.scfg.final_timestep_prob > 0:
+            t = torch.where(torch.rand(b, generator=gen) < self.scfg.final_timestep_prob, T - 1, t)
+        t = t.to(rgb.device)
         z_t = self.schedule.add_noise(depth_latent, noise, t)
         v_target = self.schedule.velocity(depth_latent, noise, t)
         cond = self.embedding.expand(b, -1, -1).to(rgb_latent.dtype)
