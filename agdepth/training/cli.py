@@ -74,7 +74,10 @@ _stage_command("unet", "Train the depth U-Net with L_v + L_BerHu + L_GM + L_feat
 @_with_common
 def all_stages(**kw) -> None:  # type: ignore[no-untyped-def]
     """Run every stage the preset needs, in order (tiny: vae, autoencoder, unet; sd2: autoencoder, unet)."""
-    cfg = load_config(kw["config"], kw["overrides"])
+    try:
+        cfg = load_config(kw["config"], kw["overrides"])
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from e
     stages = tuple(s for s in STAGES if s in cfg.stages)
     _run(stages, **kw)
 
