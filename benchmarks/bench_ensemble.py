@@ -42,19 +42,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from agdepth.data.procedural import render_scene  # noqa: E402
 from agdepth.ensemble import ensemble_depth, ensemble_objective, solve_alignment  # noqa: E402
+from agdepth.machine import cpu_model  # noqa: E402
 
 DIFFUSERS_SETTINGS = {"diffusers defaults": {"max_iter": 2, "tol": 1e-3},
                       "diffusers max_iter=50 tol=1e-6": {"max_iter": 50, "tol": 1e-6}}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loadavg() -> str:

@@ -27,16 +27,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without installing the
 import torch  # noqa: E402
 
 from agdepth.data.procedural import DOMAINS, ProceduralDataset, _texture_bank, render_scene  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from agdepth.machine import cpu_model  # noqa: E402
 
 
 def versions() -> dict[str, str]:

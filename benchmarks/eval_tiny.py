@@ -24,6 +24,7 @@ import torch
 
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.evaluation.procedural import evaluate_on_domains, mean_depth_predictor
+from agdepth.machine import cpu_model
 from agdepth.runtime import DepthPipeline
 
 COLUMNS = ("abs_rel", "delta1", "edge_f1")
@@ -38,14 +39,6 @@ def parse_settings(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_single_prediction(pipe: DepthPipeline, repeats: int = 10) -> float:
@@ -97,7 +90,7 @@ def main() -> None:
     report = {
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
         "torch": torch.__version__,
         "count_per_domain": args.count,
         "size": list(size),
