@@ -20,3 +20,26 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, object]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in names:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def report_header(report: dict) -> list[str]:
+    """Markdown lines naming the command, date, machine and versions of a benchmark report."""
+    m = report["machine"]
+    return [
+        f"Command: `{report['command']}`  ",
+        f"Date (UTC): {report['date']}  ",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, {m['platform']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+    ]

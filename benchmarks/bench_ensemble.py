@@ -28,7 +28,6 @@ import shlex
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from unittest import mock
 
@@ -42,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from agdepth.data.procedural import render_scene  # noqa: E402
 from agdepth.ensemble import ensemble_depth, ensemble_objective, solve_alignment  # noqa: E402
-from agdepth.machine import cpu_model  # noqa: E402
+from agdepth.machine import cpu_model, package_versions, report_header  # noqa: E402
 
 DIFFUSERS_SETTINGS = {"diffusers defaults": {"max_iter": 2, "tol": 1e-3},
                       "diffusers max_iter=50 tol=1e-6": {"max_iter": 50, "tol": 1e-6}}
@@ -57,14 +56,6 @@ def loadavg() -> str:
         return "unknown"
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "scipy", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def make_members(size: int, e: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                     "torch_threads": torch.get_num_threads(), "loadavg_before": load_before,
                     "loadavg_after": loadavg()},
-        "versions": versions(),
+        "versions": package_versions(("torch", "diffusers", "scipy", "numpy")),
         "repeats": args.repeats,
         "results": results,
     }
@@ -191,9 +182,7 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Test-time ensembling: agdepth.ensemble vs diffusers ensemble_depth", "",
-        f"Command: `{report['command']}`  ", f"Date (UTC): {report['date']}  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, {m['platform']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+        *report_header(report), "",
         f"**Shared CPU:** a training run was using the same 2 cores during this benchmark (load average "
         f"{m['loadavg_before']} before, {m['loadavg_after']} after), so absolute times are inflated and noisy; the "
         "ratio is what matters: both implementations ran in one process, interleaved, on identical members.", "",

@@ -17,7 +17,6 @@ import shlex
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,17 +26,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without installing the
 import torch  # noqa: E402
 
 from agdepth.data.procedural import DOMAINS, ProceduralDataset, _texture_bank, render_scene  # noqa: E402
-from agdepth.machine import cpu_model  # noqa: E402
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "torch", "scikit-image", "scipy", "pillow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+from agdepth.machine import cpu_model, package_versions, report_header  # noqa: E402
 
 
 def rate(fn: object, n: int) -> float:
@@ -79,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                     "torch_threads": torch.get_num_threads()},
-        "versions": versions(),
+        "versions": package_versions(("numpy", "torch", "scikit-image", "scipy", "pillow")),
         "size": list(size), "n": args.n, "repeats": args.repeats,
         "texture_bank_setup_s": setup_s,
         "results": results,
@@ -88,12 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.md:
-        m = report["machine"]
         lines = [
             "# Procedural RGB-D generator throughput", "",
-            f"Command: `{report['command']}`  ", f"Date (UTC): {report['date']}  ",
-            f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, {m['platform']}  ",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+            *report_header(report), "",
             f"Single process, {size[0]}x{size[1]} images, {args.n} scenes per repeat, median of {args.repeats} "
             f"repeats. One-off texture bank build: {setup_s:.2f} s (excluded).", "",
             "| domain | role | images/s (median) | runs |", "|---|---|---|---|",
