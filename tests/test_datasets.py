@@ -210,9 +210,9 @@ def test_vkitti_discovery_crop_units_and_validity(vkitti: dict) -> None:
         raw = vkitti["frames"][rgb_rel][1][top : top + 352, left : left + 1216]
         valid = (raw > 0) & (raw <= 8000)
         np.testing.assert_array_equal(s["valid"][0].numpy(), valid)
-        expected = np.where(valid, raw.astype(np.float32) / np.float32(100.0), 0)
-        np.testing.assert_array_equal(s["depth"][0].numpy(), expected)  # exact cm -> m, invalid -> 0
-        assert s["depth"].max().item() == 80.0  # bottom row: exactly 80 m kept
+        # exact cm -> m; invalid pixels keep their value (sky 655.35 m stays far), only 0 stays 0
+        np.testing.assert_array_equal(s["depth"][0].numpy(), raw.astype(np.float32) / np.float32(100.0))
+        assert s["depth"][s["valid"]].max().item() == 80.0  # bottom row: exactly 80 m is valid
         assert not s["valid"][0, -2].any()  # 80.01 m dropped
         # rgb crop taken at the same offsets as depth (compare with Pillow's own decode of the jpg)
         decoded = np.asarray(Image.open(vkitti["root"] / rgb_rel).convert("RGB"))[top : top + 352, left : left + 1216]
@@ -231,7 +231,8 @@ def test_vkitti_no_crop_small_frames_and_filename_list(tmp_path: Path) -> None:
     assert s["depth"].shape == (1, 20, 40)
     raw = _vk_depth_cm(20, 40, 1)
     assert torch.equal(s["valid"][0], torch.from_numpy((raw > 0) & (raw <= 8000)))
-    assert not s["valid"][0, :5].any() and (s["depth"][0, :5] == 0).all()  # sky 655.35 m invalid, zeroed
+    # sky (655.35 m) is invalid but keeps its value: the target normaliser clips it to far, as in Marigold
+    assert not s["valid"][0, :5].any() and torch.allclose(s["depth"][0, :5], torch.tensor(655.35))
     with pytest.raises(SampleReadError, match="rgb_00000.jpg") as ei:  # too small for the benchmark crop
         VirtualKITTIDataset(root, lst, crop=True)[0]
     assert ei.value.path.endswith(rgb0)

@@ -10,6 +10,7 @@ from agdepth.data.procedural import (
     DEPTH_RANGES,
     DOMAINS,
     EVAL_DOMAINS,
+    SKY_DEPTH,
     TRAIN_DOMAINS,
     Camera,
     Light,
@@ -105,7 +106,7 @@ def test_valid_mask_and_depth_range(domain: str) -> None:
         d = s.depth[s.valid]
         assert s.depth.dtype == np.float32 and s.valid.dtype == np.bool_ and s.depth.shape == SIZE
         assert np.isfinite(s.depth).all() and (d >= lo).all() and (d <= hi).all() and (d > 0).all()
-        assert (s.depth[~s.valid] == 0).all() and not (s.valid & ~hit).any()  # sky / misses are invalid
+        assert (s.depth[~hit] == SKY_DEPTH).all() and not (s.valid & ~hit).any()  # sky / misses: invalid, far
         assert s.valid.mean() > 0.3
 
 
@@ -115,7 +116,7 @@ def test_street_sky_is_invalid() -> None:
         s = render_scene("street", i, SIZE)
         top = s.valid[: SIZE[0] // 4]
         skies.append(1 - top.mean())
-        assert (s.depth[: SIZE[0] // 4][~top] == 0).all()
+        assert (s.depth[: SIZE[0] // 4][~top] > DEPTH_RANGES["street"][1]).all()  # sky or beyond range: far
         # ground rows near the bottom are always valid (the camera stands on the road)
         assert s.valid[-1].all()
     assert np.mean(skies) > 0.2
@@ -191,3 +192,13 @@ def test_scene_complexity_stays_bounded(domain: str) -> None:
     assert max(counts) <= 26 and min(counts) >= 3
     s = render_scene(domain, 0, (128, 128))
     assert s.rgb.shape == (128, 128, 3) and s.intrinsics is not None
+
+
+def test_cached_dataset_equals_rendering_and_is_not_aliased() -> None:
+    fresh = ProceduralDataset(["indoor", "street"], 4, size=SIZE, hflip=True, seed=3)
+    cached = ProceduralDataset(["indoor", "street"], 4, size=SIZE, hflip=True, seed=3, cache=True)
+    for i in range(4):
+        a, b = fresh[i], cached[i]
+        assert all(torch.equal(a[k], b[k]) for k in ("rgb", "depth", "valid"))
+        b["depth"].zero_()  # a consumer writing into its sample must not change the cached scene
+        assert torch.equal(cached[i]["depth"], a["depth"])

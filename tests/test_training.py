@@ -95,7 +95,13 @@ def _state(out: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_file(out / "train_state" / stage / "model.safetensors")
 
 
-def test_resume_is_bit_exact(pretrained_run: Path, tmp_path: Path) -> None:
+# a fixed pool of 8 scenes read for several epochs, with memoised latents and pixel losses on half of each batch
+POOL = ["data.cache=true", "data.sources.0.length=4", "data.sources.1.length=4", "stages.unet.cache_latents=true",
+        "stages.unet.pixel_batch=1"]
+
+
+@pytest.mark.parametrize("extra", [[], POOL], ids=["fresh-scenes", "cached-pool"])
+def test_resume_is_bit_exact(pretrained_run: Path, tmp_path: Path, extra: list[str]) -> None:
     runs = {}
     for name in ("straight", "resumed"):
         out = tmp_path / name
@@ -104,7 +110,7 @@ def test_resume_is_bit_exact(pretrained_run: Path, tmp_path: Path) -> None:
             for f in (pretrained_run / sub).iterdir():
                 (out / sub / f.name).write_bytes(f.read_bytes())
         runs[name] = out
-    common = ["stages.unet.ckpt_every=2", "stages.unet.grad_accum=2", "data.val_domains=[]"]
+    common = ["stages.unet.ckpt_every=2", "stages.unet.grad_accum=2", "data.val_domains=[]", *extra]
     train_stage("unet", tiny_cfg("stages.unet.iterations=4", *common), runs["straight"], progress=False)
     train_stage("unet", tiny_cfg("stages.unet.iterations=2", *common), runs["resumed"], progress=False)
     half = _state(runs["resumed"], "unet")
@@ -195,3 +201,40 @@ def test_final_timestep_share(pretrained_run: Path, prob: float, expect_all_fina
     t = seen[0]
     assert bool((t == 999).all()) == expect_all_final
     assert t.min() >= 0 and t.max() <= 999
+
+
+def test_latent_memo_equals_recomputation(pretrained_run: Path) -> None:
+    cfg_memo = tiny_cfg(*POOL[:3], "stages.unet.cache_latents=true")
+    plain = make_stage("unet", tiny_cfg(), pretrained_run, torch.device("cpu"))
+    memo = make_stage("unet", cfg_memo, pretrained_run, torch.device("cpu"))
+    memo.trainable.load_state_dict(plain.trainable.state_dict())
+    batch = next(BatchStream(cfg_memo, cfg_memo.stage("unet"), DistInfo()).iterate(0))
+    with torch.no_grad():
+        ref, ref_terms = LossModule(plain)(batch, step_generator(0, 0, 0))
+        first, _ = LossModule(memo)(batch, step_generator(0, 0, 0))
+        again, terms = LossModule(memo)(batch, step_generator(0, 0, 0))
+    assert memo.rgb_memo.misses == 2 and memo.rgb_memo.hits == 2  # batch of 2, second call served from the memo
+    assert torch.equal(first, again)
+    # per-sample vs batched encoding: equal up to convolution rounding
+    torch.testing.assert_close(again, ref, rtol=1e-4, atol=1e-6)
+    assert ref_terms.keys() == terms.keys()
+
+
+def test_pixel_batch_limits_pixel_losses_to_the_first_samples(pretrained_run: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import agdepth.training.stages as stages_mod
+
+    cfg = tiny_cfg("stages.unet.batch_size=4", "stages.unet.pixel_batch=1")
+    stage = make_stage("unet", cfg, pretrained_run, torch.device("cpu"))
+    seen: list[int] = []
+    original = stages_mod.berhu_loss
+
+    def spy(pred, target, valid):  # type: ignore[no-untyped-def]
+        seen.append(pred.shape[0])
+        return original(pred, target, valid)
+
+    monkeypatch.setattr(stages_mod, "berhu_loss", spy)
+    batch = next(BatchStream(cfg, cfg.stage("unet"), DistInfo()).iterate(0))
+    with torch.no_grad():
+        _, terms = LossModule(stage)(batch, step_generator(0, 0, 0))
+    assert seen == [1] and {"v", "berhu", "gm", "feature"} <= terms.keys()

@@ -2,8 +2,13 @@
 
 Every dataset returns the same sample dict::
 
-    {"rgb": float32 [3,H,W] in [-1, 1], "depth": float32 [1,H,W] metres (0 where invalid),
+    {"rgb": float32 [3,H,W] in [-1, 1], "depth": float32 [1,H,W] metres,
      "valid": bool [1,H,W], "name": str (rgb path relative to root), "domain": str}
+
+Invalid pixels keep their depth where the source has a positive finite value (Virtual KITTI's sky at 655.35 m, a
+reading beyond ``max_depth``) and are 0 where it has none. As in Marigold, the training target normaliser then clips
+sky to *far*; zeroing it would teach the model that sky is the nearest thing in the image. Losses and metrics use
+``valid`` only.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ class DepthDataset(Dataset, abc.ABC):
     """Base class: pairs of (rgb, depth) files under ``root`` -> common sample dict.
 
     Pipeline per sample: read rgb/depth -> size check -> ``_crop`` (spatial hook, identity by default) ->
-    ``_valid_mask`` -> zero invalid depth -> optional deterministic horizontal flip -> tensors.
+    ``_valid_mask`` -> zero non-finite/non-positive depth -> optional deterministic horizontal flip -> tensors.
 
     Flips are a pure function of (seed, epoch, index), so they do not depend on worker scheduling or
     global RNG state; call ``set_epoch`` each epoch (before creating the DataLoader iterator; with
@@ -199,7 +204,7 @@ class DepthDataset(Dataset, abc.ABC):
         self._check_size(rgb_path, depth.shape)
         rgb, depth = self._crop(rgb, depth)
         valid = self._valid_mask(depth) & np.isfinite(depth)
-        depth = np.where(valid, depth, np.float32(0)).astype(np.float32, copy=False)
+        depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0)).astype(np.float32, copy=False)
         if self.should_flip(index):
             rgb, depth, valid = rgb[:, ::-1], depth[:, ::-1], valid[:, ::-1]
         rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32)

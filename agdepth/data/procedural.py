@@ -28,6 +28,9 @@ import torch
 
 SPLIT_BASE: dict[str, int] = {"train": 0, "test": 2**30, "val": 2**31}
 SPLIT_SPAN = 2**30
+# Sky (rays that hit nothing) is invalid but needs a depth value for the training target: Virtual KITTI's sky value,
+# which the target normaliser clips to far. Hits outside the domain's range are invalid too and keep their depth.
+SKY_DEPTH = 655.35
 _SEED_STRIDE = 2**20  # ProceduralDataset: scene indices per (domain, dataset seed) block
 _EPS = 1e-4
 _TEX_SIZE = 128
@@ -584,7 +587,7 @@ DEPTH_RANGES: dict[str, tuple[float, float]] = {k: v.depth_range for k, v in DOM
 @dataclass
 class Scene:
     rgb: np.ndarray  # uint8 [H, W, 3]
-    depth: np.ndarray  # float32 [H, W] metres (planar z); 0 where invalid
+    depth: np.ndarray  # float32 [H, W] metres (planar z); sky = SKY_DEPTH; invalid where ~valid
     valid: np.ndarray  # bool [H, W]
     domain: str
     seed: int  # SPLIT_BASE[split] + index
@@ -622,8 +625,13 @@ def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), sp
     gain = rng.uniform(0.9, 1.15) * (1 - rng.uniform(0, 0.3) * (xx**2 + yy**2) / 2)
     img = out.rgb * gain[..., None].astype(np.float32) + rng.normal(0, rng.uniform(0.003, 0.015), out.rgb.shape)
     rgb = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    depth = np.where(valid, out.depth, 0).astype(np.float32)
+    depth = np.where(out.hit, out.depth, SKY_DEPTH).astype(np.float32)
     return Scene(rgb, depth, valid, domain, seed, lay.camera.intrinsics(size))
+
+
+# Rendered scenes kept in memory for `ProceduralDataset(cache=True)`: ~130 KB each at 128x128, so the bound is ~2.6 GB.
+# A scene is a pure function of its arguments, so a hit returns exactly what rendering would.
+_render_cached = functools.lru_cache(maxsize=20_000)(render_scene)
 
 
 class ProceduralDataset(torch.utils.data.Dataset):
@@ -631,11 +639,13 @@ class ProceduralDataset(torch.utils.data.Dataset):
 
     Item ``i`` renders ``domains[i % len(domains)]`` with scene index ``(seed % 1024) * 2**20 + i // len(domains)``,
     so datasets whose seeds differ modulo 1024 never share scenes. ``hflip`` flips rgb/depth/valid together with
-    probability 0.5, deterministically given ``(seed, i)``.
+    probability 0.5, deterministically given ``(seed, i)``. ``cache=True`` keeps rendered scenes in memory (shared by
+    every dataset of the process, up to 20 000 scenes): use it with a small ``length`` to train for many epochs on a
+    fixed pool without paying for rendering again.
     """
 
     def __init__(self, domains: str | Sequence[str], length: int, size: tuple[int, int] = (128, 128),
-                 split: str = "train", hflip: bool = False, seed: int = 0) -> None:
+                 split: str = "train", hflip: bool = False, seed: int = 0, cache: bool = False) -> None:
         self.domains = (domains,) if isinstance(domains, str) else tuple(domains)
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown or not self.domains:
@@ -643,7 +653,7 @@ class ProceduralDataset(torch.utils.data.Dataset):
         if seed < 0 or not 0 <= length <= len(self.domains) * _SEED_STRIDE:
             raise ValueError(f"need seed >= 0 and 0 <= length <= len(domains) * 2**20, got {seed=}, {length=}")
         scene_seed(split, 0)  # validates split
-        self.length, self.split, self.hflip, self.seed = length, split, hflip, seed
+        self.length, self.split, self.hflip, self.seed, self.cache = length, split, hflip, seed, cache
         self.size: tuple[int, int] = (int(size[0]), int(size[1]))
 
     def __len__(self) -> int:
@@ -660,10 +670,10 @@ class ProceduralDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         domain, index = self.locate(i)
-        s = render_scene(domain, index, self.size, self.split)
+        s = (_render_cached if self.cache else render_scene)(domain, index, self.size, self.split)
         # numpy, not torch, for these small ops: torch's intra-op threading made them ~3x slower than rendering
-        arrays = [s.rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1), s.depth[None],
-                  s.valid[None]]
+        arrays = [s.rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1),
+                  s.depth[None].copy(), s.valid[None].copy()]  # copies: a cached scene must never be written
         if self.hflip and np.random.default_rng([self.seed, i, 0x666C6970]).random() < 0.5:
             arrays = [a[..., ::-1] for a in arrays]
         rgb, depth, valid = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)

@@ -39,7 +39,8 @@ class VirtualKITTIDataset(DepthDataset):
     (all scenes, variations and cameras; slow on network filesystems, prefer a list for large runs).
 
     Valid where ``1e-5 < depth <= max_depth``; sky/far (65535 cm = 655.35 m) and anything deeper are invalid
-    and their depth is set to 0. ``crop=True`` applies the KITTI benchmark crop to 352x1216.
+    but keep their value, so the training target sees sky as far (Marigold's behaviour).
+    ``crop=True`` applies the KITTI benchmark crop to 352x1216.
     """
 
     domain = "vkitti"

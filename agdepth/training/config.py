@@ -41,6 +41,12 @@ class StageConfig:
     # unet stage: share of samples trained at the last timestep T-1, where 1-step trailing DDIM predicts from pure
     # noise (E2E-FT, arXiv 2409.11355). 0 = the paper's uniform DDPM sampling.
     final_timestep_prob: float = 0.0
+    # unet stage: memoise the frozen VAE's latents per sample (keyed by content; equal to recomputing them). Pays off
+    # when samples repeat, i.e. with a cached fixed pool (data.cache and a small source length).
+    cache_latents: bool = False
+    # unet stage: the pixel-space terms (BerHu, GM, feature) on the first N samples of each micro-batch, 0 = all.
+    # Decoding through the VAE dominates a step's cost; L_v always uses the whole batch.
+    pixel_batch: int = 0
 
 
 @dataclass
@@ -62,6 +68,9 @@ class DataConfig:
     val_domains: list[str] = field(default_factory=list)  # procedural unseen domains for periodic validation
     val_count: int = 8  # scenes per validation domain
     num_workers: int = 0
+    # procedural sources: keep rendered scenes in memory (with a small source `length`, a fixed pool read for many
+    # epochs instead of fresh scenes rendered every step)
+    cache: bool = False
     max_corrupt: int = 50  # unreadable samples tolerated before the run stops
     log_samples: bool = False  # debug: each rank logs the sample names it read and its final weight digest
 

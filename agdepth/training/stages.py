@@ -9,7 +9,10 @@ The generic loop in :mod:`agdepth.training.trainer` drives any of them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +153,35 @@ class AutoencoderStage(Stage):
         return self.out_dir / "depth_autoencoder"
 
 
+class LatentMemo:
+    """A frozen encoder's output per sample, keyed by the sample's bytes: a pure memo of ``encode``.
+
+    Each miss is encoded on its own (batch of one), so a value never depends on which other samples shared its batch:
+    a resumed run, with an empty memo, computes exactly the latents of a straight run.
+    """
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], max_items: int = 100_000) -> None:
+        self.encode, self.max_items = encode, max_items
+        self.items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for xi in x:
+            key = hashlib.blake2b(xi.detach().cpu().numpy().tobytes(), digest_size=16).digest()
+            z = self.items.get(key)
+            if z is None:
+                self.misses += 1
+                z = self.encode(xi[None])[0]
+                self.items[key] = z
+                if len(self.items) > self.max_items:
+                    self.items.popitem(last=False)
+            else:
+                self.hits += 1
+            out.append(z)
+        return torch.stack(out)
+
+
 class UNetStage(Stage):
     """Fine-tuning (sd2) or training (tiny) the depth U-Net with the paper's losses."""
 
@@ -194,6 +226,8 @@ class UNetStage(Stage):
             # the frozen decoder is differentiated through for the pixel losses: checkpoint it too
             self.vae.enable_gradient_checkpointing()
         self.pixel_losses = w.berhu > 0 or w.gm > 0 or w.feature > 0
+        self.rgb_memo = LatentMemo(self._encode) if self.scfg.cache_latents else self._encode
+        self.depth_memo = LatentMemo(self._encode_depth) if self.scfg.cache_latents else self._encode_depth
         if self.scfg.mixed_precision == "bf16":
             # frozen networks need no fp32 master copy; bf16 keeps fp32's range, so SD's VAE does not overflow
             self.vae.to(torch.bfloat16)
@@ -204,11 +238,16 @@ class UNetStage(Stage):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * LATENT_SCALE
 
+    @torch.no_grad()
+    def _encode_depth(self, depth_valid: torch.Tensor) -> torch.Tensor:
+        """[B,2,H,W] (metric depth, valid) -> the latent of the normalised 3-channel depth target."""
+        return self._encode(stack_to_rgb(normalize_depth(depth_valid[:, :1], depth_valid[:, 1:].bool())))
+
     def forward_loss(self, unet: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
         rgb, valid = batch["rgb"], batch["valid"]
         target = _depth_target(batch)
-        rgb_latent = self._encode(rgb)
-        depth_latent = self._encode(stack_to_rgb(target))
+        rgb_latent = self.rgb_memo(rgb)
+        depth_latent = self.depth_memo(torch.cat([batch["depth"], valid.to(batch["depth"].dtype)], dim=1))
         b = rgb.shape[0]
         noise = torch.randn(depth_latent.shape, generator=gen).to(depth_latent)
         T = self.schedule.num_train_timesteps
@@ -226,8 +265,10 @@ class UNetStage(Stage):
             terms["v"] = v_loss(v_pred.float(), v_target.float(), latent_valid_mask(valid))
         if self.pixel_losses:
             # x̂0 = √ᾱ z_t − √(1−ᾱ) v̂, decoded by the frozen VAE with gradients flowing back to the U-Net
-            z0 = self.schedule.x0_from_v(z_t, v_pred, t)
+            k = self.scfg.pixel_batch or b
+            z0 = self.schedule.x0_from_v(z_t[:k], v_pred[:k], t[:k])
             d_hat = mean_of_channels(self.vae.decode((z0 / LATENT_SCALE).to(self.vae.dtype)).sample).float()
+            target, valid = target[:k], valid[:k]
             if w.berhu > 0:
                 terms["berhu"] = berhu_loss(d_hat, target, valid)
             if w.gm > 0:

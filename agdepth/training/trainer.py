@@ -104,7 +104,8 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
 def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> torch.utils.data.Dataset:
     if src.type == "procedural":
         domains = src.domains or ["indoor", "street"]
-        return ProceduralDataset(domains, src.length, size=size, split="train", hflip=cfg.data.hflip, seed=cfg.seed)
+        return ProceduralDataset(domains, src.length, size=size, split="train", hflip=cfg.data.hflip, seed=cfg.seed,
+                                 cache=cfg.data.cache)
     if src.type in ("hypersim", "vkitti"):
         if not src.root:
             raise ValueError(f"data source {src.type!r} needs a root directory (--set data.sources.N.root=DIR)")
