@@ -18,8 +18,15 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, object]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    """The ``machine`` entry of a benchmark report (the keys :func:`report_header` reads)."""
+    info: dict[str, object] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str]:

@@ -12,19 +12,18 @@ prediction at the checkpoint's default processing resolution (PyTorch, this mach
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import os
-import platform
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.evaluation.procedural import evaluate_on_domains, mean_depth_predictor
-from agdepth.machine import cpu_model
+from agdepth.machine import machine_info, package_versions, report_header
 from agdepth.runtime import DepthPipeline
 
 COLUMNS = ("abs_rel", "delta1", "edge_f1")
@@ -63,6 +62,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
+    ap.add_argument("--title", default="Procedural unseen domains")
     args = ap.parse_args()
     size = (args.size, args.size)
     rows = []
@@ -88,10 +88,10 @@ def main() -> None:
                          "seconds": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
     report = {
-        "command": " ".join(["python", *sys.argv]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
-        "torch": torch.__version__,
+        "command": "python benchmarks/eval_tiny.py " + shlex.join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": package_versions(("torch", "diffusers", "numpy")),
         "count_per_domain": args.count,
         "size": list(size),
         "domains": list(EVAL_DOMAINS),
@@ -102,10 +102,10 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     head = "| model | setting | " + " | ".join(f"{d} AbsRel | {d} δ1 | {d} edge F1" for d in EVAL_DOMAINS) + " |"
     lines = [
-        f"# Procedural unseen domains: {', '.join(EVAL_DOMAINS)} ({args.count} test scenes each, {size[0]}×{size[1]})",
+        f"# {args.title}: {', '.join(EVAL_DOMAINS)} ({args.count} test scenes each, {size[0]}×{size[1]})",
         "",
-        f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores), torch "
-        f"{report['torch']}, with `{report['command']}`.",
+        *report_header(report),
+        "",
         "Least-squares scale/shift per image, clipped to the domain's depth range; AbsRel and δ1 in %; edge F1 is the "
         "boundary F1 of `agdepth.metrics.boundary_f1` (10% relative depth jumps, 1 px tolerance).",
         "",

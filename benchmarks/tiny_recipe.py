@@ -12,14 +12,15 @@ chosen default inference settings into its model_index.json.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from agdepth.machine import machine_info, package_versions, report_header
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "agdepth" / "weights" / "tiny"
@@ -78,13 +79,14 @@ def summary(out: Path, json_path: Path | None, md_path: Path | None) -> None:
                                  if k not in ("event", "stage")},
         }
     size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file()) if BUNDLE.exists() else 0
-    report = {"recipe": wall, "stages": stages, "bundle_mib": size / 2**20, "date": time.strftime("%Y-%m-%d"),
-              "machine": {"platform": platform.platform(), "cores": os.cpu_count()}}
+    report = {"command": wall.get("command", "depth-train all --config tiny --out runs/tiny"),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(), "versions": package_versions(("torch", "diffusers", "numpy")),
+              "recipe": wall, "stages": stages, "bundle_mib": size / 2**20}
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# The bundled tiny model: training recipe", "",
-             f"Command: `{wall.get('command', 'depth-train all --config tiny --out runs/tiny')}` "
-             f"(config `agdepth/configs/tiny.yaml`), {report['machine']['cores']} CPU cores, {report['date']}.",
+    lines = ["# The bundled tiny model: training recipe", "", *report_header(report), "",
+             "Config: `agdepth/configs/tiny.yaml`.",
              f"Whole recipe wall time: **{wall.get('wall_seconds', float('nan')) / 60:.1f} min**"
              + (f" ({wall['note']})" if wall.get("note") else "") + "; "
              + (f"bundle `agdepth/weights/tiny`: {report['bundle_mib']:.1f} MiB." if size else "not bundled."), "",

@@ -17,6 +17,7 @@ from agdepth.training.trainer import (
     BatchStream,
     DistInfo,
     TrainingDivergedError,
+    learning_rate,
     step_generator,
     train_stage,
 )
@@ -97,7 +98,7 @@ def _state(out: Path, stage: str) -> dict[str, torch.Tensor]:
 
 # a fixed pool of 8 scenes read for several epochs, with memoised latents and pixel losses on half of each batch
 POOL = ["data.cache=true", "data.sources.0.length=4", "data.sources.1.length=4", "stages.unet.cache_latents=true",
-        "stages.unet.pixel_batch=1"]
+        "stages.unet.pixel_batch=1", "stages.unet.lr_schedule=cosine", "stages.unet.warmup=1"]
 
 
 @pytest.mark.parametrize("extra", [[], POOL], ids=["fresh-scenes", "cached-pool"])
@@ -238,3 +239,16 @@ def test_pixel_batch_limits_pixel_losses_to_the_first_samples(pretrained_run: Pa
     with torch.no_grad():
         _, terms = LossModule(stage)(batch, step_generator(0, 0, 0))
     assert seen == [1] and {"v", "berhu", "gm", "feature"} <= terms.keys()
+
+
+def test_learning_rate_warmup_then_cosine_to_zero() -> None:
+    scfg = tiny_cfg("stages.unet.lr=1e-3", "stages.unet.iterations=11", "stages.unet.warmup=1",
+                    "stages.unet.lr_schedule=cosine").stage("unet")
+    lrs = [learning_rate(scfg, s) for s in range(11)]
+    assert lrs[0] == pytest.approx(1e-3)  # warm-up of one update ends at the base rate
+    assert lrs[1] == pytest.approx(1e-3) and lrs[6] == pytest.approx(5e-4) and lrs[-1] > 0
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    assert learning_rate(tiny_cfg("stages.unet.warmup=4").stage("unet"), 1) == pytest.approx(
+        tiny_cfg().stage("unet").lr / 2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(tiny_cfg("stages.unet.lr_schedule=step").stage("unet"), 0)

@@ -26,6 +26,8 @@ class StageConfig:
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per update: effective batch = batch_size * grad_accum * world size
     lr: float = 3e-5
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at `iterations`), both after `warmup` linear updates
+    warmup: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     max_grad_norm: float | None = None

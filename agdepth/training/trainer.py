@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -230,6 +231,18 @@ class JsonlLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def learning_rate(scfg: StageConfig, step: int) -> float:
+    """The rate of update ``step`` (0-based): a pure function of the step, so resuming needs no scheduler state."""
+    if scfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be constant or cosine, got {scfg.lr_schedule!r}")
+    if step < scfg.warmup:
+        return scfg.lr * (step + 1) / scfg.warmup
+    if scfg.lr_schedule == "cosine":
+        span = max(scfg.iterations - scfg.warmup, 1)
+        return scfg.lr * 0.5 * (1 + math.cos(math.pi * (step - scfg.warmup) / span))
+    return scfg.lr
+
+
 def _autocast(device: torch.device, mode: str) -> Any:
     if mode == "fp32":
         return nullcontext()
@@ -311,6 +324,8 @@ def train_stage(
                dynamic_ncols=True)
     t_last, n_last = time.perf_counter(), start
     for step in range(start, scfg.iterations):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(scfg, step)
         opt.zero_grad(set_to_none=True)
         acc: dict[str, float] = {}
         for micro in range(scfg.grad_accum):
