@@ -31,11 +31,15 @@ class TinyModelConfig:
     unet_norm_num_groups: int = 8
     cross_attention_dim: int = 64
     text_tokens: int = 2  # SD2's empty prompt tokenises to [BOS, EOS]
-    # 4 blocks → 3 downsamplings → 8× spatial reduction, like SD's VAE
+    # 4 blocks → 3 downsamplings → 8× spatial reduction, like SD's VAE (3 blocks: 4×; the runtime follows the VAE)
     vae_block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
     vae_layers_per_block: int = 1
     vae_norm_num_groups: int = 8
     sample_size: int = 128
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_block_out_channels) - 1)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TinyModelConfig:
@@ -55,7 +59,7 @@ def build_tiny_unet(cfg: TinyModelConfig) -> UNet2DConditionModel:
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size // 8,
+        sample_size=cfg.sample_size // cfg.vae_scale_factor,
         in_channels=UNET_IN_CHANNELS,
         out_channels=LATENT_CHANNELS,
         down_block_types=down,

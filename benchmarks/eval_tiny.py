@@ -4,7 +4,8 @@
         --settings 1x1:trailing,50x10:trailing --count 50 \
         --json benchmarks/results/tiny_eval.json --md benchmarks/results/tiny_eval.md
 
-A setting is STEPSxENSEMBLE:SPACING. Each checkpoint is LABEL=PATH (repeatable). The trivial predictor is the mean
+A setting is STEPSxENSEMBLE:SPACING[@RES] (RES: processing resolution, default the checkpoint's).
+Each checkpoint is LABEL=PATH (repeatable). The trivial predictor is the mean
 training depth map aligned like every prediction (least squares per image). Also times one 1-step, 1-member
 prediction at the checkpoint's default processing resolution (PyTorch, this machine).
 """
@@ -29,12 +30,14 @@ from agdepth.runtime import DepthPipeline
 COLUMNS = ("abs_rel", "delta1", "edge_f1")
 
 
-def parse_settings(text: str) -> list[tuple[int, int, str]]:
+def parse_settings(text: str) -> list[tuple[int, int, str, int | None]]:
+    """"STEPSxENSEMBLE[:SPACING][@RES],..." -> (steps, ensemble, spacing, processing resolution or None = default)."""
     out = []
     for item in text.split(","):
+        item, _, res = item.partition("@")
         se, _, spacing = item.partition(":")
         steps, ens = se.lower().split("x")
-        out.append((int(steps), int(ens), spacing or "trailing"))
+        out.append((int(steps), int(ens), spacing or "trailing", int(res) if res else None))
     return out
 
 
@@ -77,14 +80,16 @@ def main() -> None:
         label, _, path = item.partition("=")
         pipe = DepthPipeline.from_checkpoint(path)
         latency[label] = time_single_prediction(pipe)
-        for steps, ens, spacing in parse_settings(args.settings):
+        for steps, ens, spacing, proc_res in parse_settings(args.settings):
             def predict(images: list[np.ndarray], pipe: DepthPipeline = pipe, steps: int = steps, ens: int = ens,
-                        spacing: str = spacing) -> np.ndarray:
-                return pipe(images, steps=steps, ensemble=ens, timestep_spacing=spacing, seed=args.seed).depth
+                        spacing: str = spacing, proc_res: int | None = proc_res) -> np.ndarray:
+                return pipe(images, steps=steps, ensemble=ens, timestep_spacing=spacing, seed=args.seed,
+                            processing_res=proc_res).depth
 
             t0 = time.perf_counter()
             res = evaluate_on_domains(predict, EVAL_DOMAINS, args.count, size)
-            rows.append({"model": label, "checkpoint": path, "setting": f"{steps}x{ens} {spacing}", "metrics": res,
+            name = f"{steps}x{ens} {spacing}" + (f" @{proc_res}" if proc_res else "")
+            rows.append({"model": label, "checkpoint": path, "setting": name, "metrics": res,
                          "seconds": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
     report = {

@@ -128,6 +128,31 @@ def test_backend_interface_and_defaults(pipe: DepthPipeline) -> None:
 # ---------------------------------------------------------------------------------------------- diffusers parity
 
 
+def test_matches_diffusers_with_a_4x_vae(tmp_path: Path) -> None:
+    """A 3-block VAE downsamples 4×: padding and latent sizes follow the VAE, as diffusers' vae_scale_factor does."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
+
+    cfg = TinyModelConfig(unet_block_out_channels=(16, 32, 32), cross_attention_dim=32,
+                          vae_block_out_channels=(8, 16, 16), sample_size=64)
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "ckpt4", build_tiny_unet(cfg), build_tiny_vae(cfg),
+                           tiny_empty_text_embedding(cfg), inference=INFERENCE)
+    pipe = DepthPipeline.from_checkpoint(path)
+    assert pipe.backend.vae_scale_factor == 4
+    ref = MarigoldDepthPipeline(
+        unet=UNet2DConditionModel.from_pretrained(path / "unet"), vae=AutoencoderKL.from_pretrained(path / "vae"),
+        scheduler=DDIMScheduler.from_pretrained(path / "scheduler", timestep_spacing="trailing"), text_encoder=None,
+        tokenizer=None, prediction_type="depth", default_denoising_steps=2, default_processing_resolution=RES,
+    )
+    ref.empty_text_embedding = pipe.backend.empty_text_embedding.clone()
+    ref.set_progress_bar_config(disable=True)
+    lat = _latents(1, hw=(12, 16))  # 50×70 -> 45×64 -> padded to 48×64 (a multiple of 4) -> latents /4
+    img = _image()
+    expected = ref(img, num_inference_steps=2, processing_resolution=RES, output_type="np", latents=lat)
+    out = pipe(img, steps=2, timestep_spacing="trailing", processing_res=RES, ensemble=1, latents=lat)
+    assert np.abs(out.depth - expected.prediction[..., 0]).max() <= 1e-4 and out.depth.std() > 1e-3
+
+
 @pytest.mark.parametrize(("steps", "spacing"), [(1, "trailing"), (4, "leading"), (4, "trailing")])
 def test_matches_diffusers(pipe: DepthPipeline, ref, steps: int, spacing: str) -> None:
     img, lat = _image(), _latents(1)

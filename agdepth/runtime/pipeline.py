@@ -24,7 +24,6 @@ from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import ImageInput, as_image_list, preprocess, resize, unpad
 
 LATENT_CHANNELS = 4
-VAE_SCALE_FACTOR = 8
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
 
@@ -170,11 +169,12 @@ class DepthPipeline:
         # 1. preprocess
         with clock("preprocess"):
             image_list = as_image_list(images)
-            groups = preprocess(image_list, res, device, dtype, align=VAE_SCALE_FACTOR)
+            f = be.vae_scale_factor
+            groups = preprocess(image_list, res, device, dtype, align=f)
             n_images = len(image_list)
             latent_shape: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * n_images
             for g in groups:
-                h, w = g.image.shape[-2] // VAE_SCALE_FACTOR, g.image.shape[-1] // VAE_SCALE_FACTOR
+                h, w = g.image.shape[-2] // f, g.image.shape[-1] // f
                 for i in g.indices:
                     latent_shape[i] = (ens, LATENT_CHANNELS, h, w)
             fixed = None if latents is None else self._latents_per_image(latents, latent_shape)

@@ -262,7 +262,8 @@ class UNetStage(Stage):
         w = self.scfg.losses
         terms: Terms = {}
         if w.v > 0:
-            terms["v"] = v_loss(v_pred.float(), v_target.float(), latent_valid_mask(valid))
+            factor = valid.shape[-1] // v_pred.shape[-1]  # the VAE's downsampling (8 for SD's)
+            terms["v"] = v_loss(v_pred.float(), v_target.float(), latent_valid_mask(valid, factor))
         if self.pixel_losses:
             # x̂0 = √ᾱ z_t − √(1−ᾱ) v̂, decoded by the frozen VAE with gradients flowing back to the U-Net
             k = self.scfg.pixel_batch or b

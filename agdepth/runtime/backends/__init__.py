@@ -67,8 +67,14 @@ class RuntimeDefaults:
 class DepthBackend(Protocol):
     """What :class:`agdepth.runtime.pipeline.DepthPipeline` needs from a set of networks.
 
-    Shapes: B batch rows, H×W the padded image (a multiple of 8), h×w = H/8×W/8 the latent, L×C the text embedding.
+    Shapes: B batch rows, H×W the padded image (a multiple of f = :attr:`vae_scale_factor`), h×w = H/f×W/f the
+    latent, L×C the text embedding.
     """
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """The VAE's spatial downsampling: 8 for SD's VAE (2 ** (VAE blocks - 1), as diffusers computes it)."""
+        ...
 
     @property
     def device(self) -> torch.device:

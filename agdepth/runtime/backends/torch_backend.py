@@ -11,8 +11,6 @@ from agdepth.checkpoint import load_checkpoint, marigold_schedule
 from agdepth.runtime.backends import DepthBackend, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
-VAE_SCALE_FACTOR = 8  # the runtime pads to multiples of 8 and sizes latents as H/8 × W/8
-
 
 class TorchBackend(DepthBackend):
     """:class:`DepthBackend` over in-memory diffusers modules (any device / floating dtype torch supports)."""
@@ -27,9 +25,7 @@ class TorchBackend(DepthBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        if factor != VAE_SCALE_FACTOR:
-            raise ValueError(f"the VAE downsamples by {factor}; the runtime supports {VAE_SCALE_FACTOR}× VAEs only")
+        self._vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # diffusers' rule
         self._device = torch.device(device)
         self._dtype = dtype
         self.unet = self._place(unet, self._device, dtype)
@@ -62,6 +58,10 @@ class TorchBackend(DepthBackend):
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self._vae_scale_factor
 
     @property
     def dtype(self) -> torch.dtype:
