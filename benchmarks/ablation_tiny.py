@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,11 +34,14 @@ def train_variant(name: str, base: Path, out: Path, extra: list[str]) -> dict:
     for sub in ("vae", "depth_autoencoder"):
         if not (run / sub).is_dir():
             shutil.copytree(base / sub, run / sub)
-    cmd = ["depth-train", "unet", "--config", "tiny", "--out", str(run), "--overwrite", "--no-progress",
-           "--set", f"stages.unet.losses={VARIANTS[name][1]}", *[x for s in extra for x in ("--set", s)]]
+    cmd = [sys.executable, "-m", "agdepth.training.cli", "unet", "--config", "tiny", "--out", str(run), "--overwrite",
+           "--no-progress", "--set", f"stages.unet.losses={VARIANTS[name][1]}",
+           *[x for s in extra for x in ("--set", s)]]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
-    return {"command": " ".join(cmd), "seconds": time.perf_counter() - t0, "checkpoint": str(run / "checkpoint")}
+    # recorded as the console script it is equivalent to (no interpreter path of this machine in the report)
+    return {"command": " ".join(["depth-train", *cmd[3:]]), "seconds": time.perf_counter() - t0,
+            "checkpoint": str(run / "checkpoint")}
 
 
 def main() -> None:
@@ -72,7 +76,7 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     if a.json:  # keep how each row was trained next to its scores
         report = json.loads(a.json.read_text())
-        report["command"] = " ".join(["python", *sys.argv])
+        report["command"] = "python benchmarks/ablation_tiny.py " + shlex.join(sys.argv[1:])
         report["training"] = runs
         a.json.write_text(json.dumps(report, indent=2) + "\n")
 

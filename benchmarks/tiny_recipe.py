@@ -28,11 +28,12 @@ STAGES = ("vae", "autoencoder", "unet")
 
 
 def train(out: Path, extra: list[str]) -> None:
-    cmd = ["depth-train", "all", "--config", "tiny", "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "agdepth.training.cli", "all", "--config", "tiny", "--out", str(out), *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    (out / "recipe_wall.json").write_text(json.dumps({"command": " ".join(cmd), "wall_seconds": wall}) + "\n")
+    shown = " ".join(["depth-train", *cmd[3:]])  # the console script it is equivalent to (no interpreter path)
+    (out / "recipe_wall.json").write_text(json.dumps({"command": shown, "wall_seconds": wall}) + "\n")
     print(f"recipe finished in {wall / 60:.1f} min")
 
 
