@@ -82,7 +82,7 @@ def summary(out: Path, json_path: Path | None, md_path: Path | None) -> None:
     if not wall:  # stages run as separate commands, back to back: the recipe's time is the sum of theirs
         wall = {"command": " && ".join(f"depth-train {st} --config tiny --out {out}" for st in STAGES),
                 "wall_seconds": sum(s["seconds"] or 0 for s in stages.values()),
-                "note": "sum of the three stages' wall times from their logs; each ran alone on the machine"}
+                "note": "sum of the three stages' wall times from their logs; the stages ran back to back"}
     size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file()) if BUNDLE.exists() else 0
     report = {"command": wall.get("command", "depth-train all --config tiny --out runs/tiny"),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
