@@ -245,7 +245,6 @@ class UNetStage(Stage):
 
     def forward_loss(self, unet: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
         rgb, valid = batch["rgb"], batch["valid"]
-        target = _depth_target(batch)
         rgb_latent = self.rgb_memo(rgb)
         depth_latent = self.depth_memo(torch.cat([batch["depth"], valid.to(batch["depth"].dtype)], dim=1))
         b = rgb.shape[0]
@@ -269,7 +268,8 @@ class UNetStage(Stage):
             k = self.scfg.pixel_batch or b
             z0 = self.schedule.x0_from_v(z_t[:k], v_pred[:k], t[:k])
             d_hat = mean_of_channels(self.vae.decode((z0 / LATENT_SCALE).to(self.vae.dtype)).sample).float()
-            target, valid = target[:k], valid[:k]
+            valid = valid[:k]
+            target = normalize_depth(batch["depth"][:k], valid)  # the pixel losses' target, as _depth_target
             if w.berhu > 0:
                 terms["berhu"] = berhu_loss(d_hat, target, valid)
             if w.gm > 0:
