@@ -1,4 +1,4 @@
-# make install | make test | make lint | make bench-procedural | make clean
+# make demo | make test | make install | make lint | make bench-procedural | make clean
 # The venv lives in .venv. PyTorch is chosen before the package: a CUDA build where an NVIDIA driver answers,
 # otherwise the CPU build (TORCH_CPU). Override either, e.g. make install TORCH_CPU="torch==2.13.0 --index-url URL".
 PY ?= python3
@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch>=2.1
 EXTRAS ?= train,dev
 
-.PHONY: install test lint typecheck bench-procedural clean
+.PHONY: install demo test lint typecheck bench-procedural clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ $(VENV)/.installed: setup.py $(VENV)/.torch
 
 install: $(VENV)/.installed
 
+# export the bundled model to ONNX, then depth maps (16-bit PNG, npy, coloured PNG) for examples/ in outputs/
+demo: install
+	$(BIN)/depth-export --out engines --overwrite
+	$(BIN)/depth-run examples --engine engines/unet.onnx --out outputs --overwrite
+
 lint: install
 	$(BIN)/ruff check agdepth tests benchmarks setup.py
 
@@ -41,4 +46,4 @@ bench-procedural: install
 		--md benchmarks/results/procedural_speed.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache engines outputs

@@ -18,6 +18,11 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "click>=8.1,<9",
     "pyyaml>=6,<7",
+    "cmap>=0.8,<1",  # matplotlib's Spectral (ColorBrewer) without matplotlib, for coloured depth
+    # deployment: export, graph cleanup (constant folding), fp16 conversion (onnxruntime.transformers), runtime
+    "onnx>=1.16,<2",
+    "onnxslim>=0.1.40,<0.2",
+    "onnxruntime>=1.18,<2",
 ]
 
 EXTRAS = {
@@ -39,5 +44,9 @@ setup(
                               "weights/tiny/*/*.json", "weights/tiny/*/*.safetensors"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["depth-train=agdepth.training.cli:main"]},
+    entry_points={"console_scripts": [
+        "depth-train=agdepth.training.cli:main",
+        "depth-export=agdepth.export.cli:main",
+        "depth-run=agdepth.runtime.cli:main",
+    ]},
 )

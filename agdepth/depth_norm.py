@@ -2,8 +2,9 @@
 
 Depth targets: per image, the 2 % and 98 % quantiles of valid depth map affinely to −1 and 1 and the map is clipped to
 [−1, 1] (Marigold's ``ScaleShiftDepthNormalizer``), stacked to 3 channels for the frozen RGB VAE, and the VAE latent
-is multiplied by :data:`LATENT_SCALE`. RGB goes to [−1, 1]. Predictions come back via :func:`mean_of_channels` and
-:func:`depth_to_unit`; no de-normalisation exists because predictions are affine-invariant (evaluation aligns them).
+is multiplied by the VAE's ``config.scaling_factor`` (0.18215 for SD's). RGB goes to [−1, 1]. Predictions come back
+via :func:`mean_of_channels` and :func:`depth_to_unit`; no de-normalisation exists because predictions are
+affine-invariant (evaluation aligns them).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-LATENT_SCALE: float = 0.18215  # SD VAE scaling factor (vae.config.scaling_factor)
 
 
 def _sorted_quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:

@@ -251,3 +251,14 @@ def boundary_f1(
     else:
         f1 = 0.0 if n_gt else float("nan")
     return {"edge_precision": precision, "edge_recall": recall, "edge_f1": f1}
+
+
+def backend_agreement(pred: ArrayLike, ref: ArrayLike, min_ref: float = 0.01) -> dict[str, float]:
+    """How far one backend's [0,1] depth map is from another's (no alignment: both come from the same model).
+
+    AbsRel and δ1 with ``ref`` as ground truth on pixels where ref > ``min_ref`` (relative error is undefined at the
+    near end, 0), and the max absolute difference over all pixels.
+    """
+    p, r = _np(pred), _np(ref)
+    out = compute_metrics(p, r, r > min_ref)
+    return {"abs_rel": out["abs_rel"], "delta1": out["delta1"], "max_abs": float(np.abs(p - r).max())}

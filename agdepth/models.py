@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from agdepth.networks import LATENT_CHANNELS, UNET_IN_CHANNELS
+
 logger = logging.getLogger(__name__)
 
-UNET_IN_CHANNELS = 8  # rgb latent (4) + noisy depth latent (4)
-LATENT_CHANNELS = 4
 
 
 @dataclass

@@ -12,10 +12,6 @@ def _ramp(lo=1.0, n=100):
     return (torch.arange(n, dtype=torch.float32) + lo).reshape(1, 1, 10, 10)
 
 
-def test_latent_scale():
-    assert dn.LATENT_SCALE == 0.18215
-
-
 def test_quantiles_map_to_minus_one_and_one():
     d = _ramp()  # 1..100: 2% quantile = 1 + 0.02*99 = 2.98, 98% = 1 + 0.98*99 = 98.02
     out = dn.normalize_depth(d)

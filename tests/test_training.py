@@ -11,6 +11,7 @@ from conftest import TINY_OVERRIDES
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
+from agdepth.depth_norm import normalize_depth, stack_to_rgb
 from agdepth.training.config import load_config
 from agdepth.training.stages import LossModule, make_stage
 from agdepth.training.trainer import (
@@ -252,3 +253,22 @@ def test_learning_rate_warmup_then_cosine_to_zero() -> None:
         tiny_cfg().stage("unet").lr / 2)
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate(tiny_cfg("stages.unet.lr_schedule=step").stage("unet"), 0)
+
+
+def test_vae_stage_calibrates_scaling_factor_to_unit_latents(tmp_path: Path) -> None:
+    # SD's rule, measured on the training batches: the exported factor scales the latents (RGB and depth) of the
+    # batches the stage saw to unit std, and replaces diffusers' default 0.18215
+    cfg = tiny_cfg()
+    stage = make_stage("vae", cfg, tmp_path, torch.device("cpu"))
+    stream = BatchStream(cfg, cfg.stage("vae"), DistInfo()).iterate(0)
+    batches = [next(stream) for _ in range(3)]
+    lat = []
+    with torch.no_grad():
+        for b in batches:
+            stage.forward_loss(stage.trainable, b, step_generator(0, 0, 0))
+            x = torch.cat([b["rgb"], stack_to_rgb(normalize_depth(b["depth"], b["valid"]))])
+            lat.append(stage.trainable.encode(x).latent_dist.mean.flatten())
+    stage.export(0)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert vae.config.scaling_factor != 0.18215
+    assert float(torch.cat(lat).std() * vae.config.scaling_factor) == pytest.approx(1.0, abs=1e-3)

@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from agdepth.ensemble import ensemble_depth
+from agdepth.networks import LATENT_CHANNELS
 from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import ImageInput, as_image_list, preprocess, resize, unpad
 
-LATENT_CHANNELS = 4
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
 
@@ -67,6 +67,12 @@ def _stack_or_list(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
 
+def _onnx_backend(manifest, precision: str, providers: list[str] | None) -> DepthBackend:  # noqa: ANN001
+    from agdepth.runtime.backends.onnx_backend import OnnxBackend  # onnxruntime only when actually needed
+
+    return OnnxBackend(manifest, precision, providers)
+
+
 class DepthPipeline:
     """Monocular depth from RGB with a Marigold-style latent diffusion model, on any :class:`DepthBackend`."""
 
@@ -81,6 +87,33 @@ class DepthPipeline:
         from agdepth.runtime.backends.torch_backend import TorchBackend  # diffusers only when actually needed
 
         return cls(TorchBackend.from_checkpoint(path, device=device, dtype=dtype))
+
+    @classmethod
+    def from_engine(cls, path: str | Path, providers: list[str] | None = None) -> DepthPipeline:
+        """Backend chosen by what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and
+        settings from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory
+        -> PyTorch; ``*.plan`` -> TensorRT (not available in this version: a clear error)."""
+        path = Path(path)
+        if path.suffix == ".plan":
+            raise NotImplementedError(
+                f"{path}: TensorRT engines are not supported by this version of agdepth yet; use the ONNX graph "
+                "beside it (e.g. unet.fp16.onnx) or a checkpoint directory"
+            )
+        if path.is_dir():
+            if (path / "manifest.json").is_file():
+                return cls(_onnx_backend(path, "fp32", providers))
+            if (path / "model_index.json").is_file() or (path / "unet").is_dir():
+                return cls.from_checkpoint(path)
+            raise FileNotFoundError(f"{path} has neither manifest.json (depth-export output) nor model_index.json")
+        if path.suffix != ".onnx":
+            raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .plan or a directory)")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        from agdepth.export import Manifest
+
+        manifest = Manifest.load(path.parent)
+        _, precision = manifest.precision_of(path)
+        return cls(_onnx_backend(manifest, precision, providers))
 
     # ------------------------------------------------------------------ helpers
 
@@ -186,6 +219,9 @@ class DepthPipeline:
             chunk_rows = list(rows_per_group)
         else:  # whole images per call when the members fit, else split the members
             chunk_rows = [batch_size // ens * ens if batch_size >= ens else batch_size] * len(groups)
+        for g, rows, total in zip(groups, chunk_rows, rows_per_group, strict=True):  # fail before any work
+            n_enc = len(g.indices) if batch_size == 0 else min(batch_size, len(g.indices))
+            be.check_shapes(max(min(rows, total), n_enc), *g.image.shape[-2:])
         n_calls = sum(math.ceil(r / c) for r, c in zip(rows_per_group, chunk_rows, strict=True))
         bar = tqdm(total=n_calls * len(pairs), desc="denoising", disable=not show_progress, leave=False)
 

@@ -38,6 +38,9 @@ class StageConfig:
     gradient_checkpointing: bool = False
     size: tuple[int, int] | None = None  # training crop/render size; None: data.size
     kl_weight: float = 1e-6  # vae stage: KL term of the AutoencoderKL
+    # vae stage: decode a posterior sample (SD's VAE training) or its mean. Marigold only ever uses the mean; a short
+    # from-scratch run that samples keeps the posterior noisy and leaves channels unused (tiny_recipe.md).
+    sample_posterior: bool = True
     losses: LossWeights = field(default_factory=LossWeights)  # unet stage: eq. 8 terms, 0 switches a term off
     val_steps: int = 1  # unet stage: DDIM steps (trailing) of the validation prediction
     # unet stage: share of samples trained at the last timestep T-1, where 1-step trailing DDIM predicts from pure

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from agdepth.checkpoint import atomic_dir, marigold_schedule, save_checkpoint
-from agdepth.depth_norm import LATENT_SCALE, latent_valid_mask, mean_of_channels, normalize_depth, stack_to_rgb
+from agdepth.depth_norm import latent_valid_mask, mean_of_channels, normalize_depth, stack_to_rgb
 from agdepth.metrics import evaluate
 from agdepth.models import (
     TinyModelConfig,
@@ -81,6 +81,7 @@ class VAEStage(Stage):
             raise ValueError("the vae stage exists for the tiny preset only: sd2 uses SD2's pretrained VAE")
         torch.manual_seed(cfg.seed)
         self.trainable = build_tiny_vae(TinyModelConfig.from_dict(cfg.model)).to(device)
+        self._latent_moments: deque[tuple[int, float, float]] = deque(maxlen=32)  # (n, Σz, Σz²) per micro-batch
         if self.scfg.gradient_checkpointing:
             self.trainable.enable_gradient_checkpointing()
 
@@ -89,7 +90,11 @@ class VAEStage(Stage):
         depth = stack_to_rgb(_depth_target(batch))
         x = torch.cat([rgb, depth])
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x)
+        z = posterior.mean
+        zd = z.detach().double()
+        self._latent_moments.append((zd.numel(), zd.sum().item(), (zd**2).sum().item()))
+        if self.scfg.sample_posterior:
+            z = z + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x)
         recon = vae.decode(z).sample
         n = rgb.shape[0]
         d_rec, d_tgt = mean_of_channels(recon[n:]), mean_of_channels(depth)
@@ -117,7 +122,18 @@ class VAEStage(Stage):
         vae.train()
         return {"rgb_l1": float(np.mean(rgb_err)), "depth_l1": float(np.mean(depth_err))}
 
+    def scaling_factor(self) -> float | None:
+        """SD's rule: 1 / std of the latents (here of the last training batches, RGB and depth alike, since both are
+        denoised in this latent space), so scaled latents have the unit variance the diffusion noise assumes."""
+        if not self._latent_moments:
+            return None
+        m = torch.tensor(list(self._latent_moments), dtype=torch.float64).sum(0)
+        mean = m[1] / m[0]
+        return float(1.0 / torch.sqrt(m[2] / m[0] - mean**2))
+
     def export(self, step: int) -> Path:
+        if (scale := self.scaling_factor()) is not None:
+            self.trainable.register_to_config(scaling_factor=scale)
         with atomic_dir(self.out_dir / "vae") as tmp:
             self.trainable.save_pretrained(tmp, safe_serialization=True)
         return self.out_dir / "vae"
@@ -211,6 +227,7 @@ class UNetStage(Stage):
             unet = build_tiny_unet(tcfg)
             emb = tiny_empty_text_embedding(tcfg, seed=cfg.seed)
         self.vae = _freeze(vae.to(device))
+        self.latent_scale = float(self.vae.config.scaling_factor)  # as the runtime reads it: one source of truth
         self.embedding = emb.to(device)
         self.autoencoder: DepthAutoencoder | None = None
         ae_dir = self.out_dir / "depth_autoencoder"
@@ -236,7 +253,7 @@ class UNetStage(Stage):
 
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * LATENT_SCALE
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * self.latent_scale
 
     @torch.no_grad()
     def _encode_depth(self, depth_valid: torch.Tensor) -> torch.Tensor:
@@ -267,7 +284,7 @@ class UNetStage(Stage):
             # x̂0 = √ᾱ z_t − √(1−ᾱ) v̂, decoded by the frozen VAE with gradients flowing back to the U-Net
             k = self.scfg.pixel_batch or b
             z0 = self.schedule.x0_from_v(z_t[:k], v_pred[:k], t[:k])
-            d_hat = mean_of_channels(self.vae.decode((z0 / LATENT_SCALE).to(self.vae.dtype)).sample).float()
+            d_hat = mean_of_channels(self.vae.decode((z0 / self.latent_scale).to(self.vae.dtype)).sample).float()
             valid = valid[:k]
             target = normalize_depth(batch["depth"][:k], valid)  # the pixel losses' target, as _depth_target
             if w.berhu > 0:

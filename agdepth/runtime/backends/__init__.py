@@ -101,8 +101,13 @@ class DepthBackend(Protocol):
         """The checkpoint's recommended inference settings."""
         ...
 
+    def check_shapes(self, batch: int, height: int, width: int) -> None:
+        """Raise ValueError (naming the supported range) if network calls of ``batch`` rows at the padded image size
+        H×W cannot run; called before any work. Backends without fixed ranges accept everything."""
+        ...
+
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] RGB in [-1,1] -> [B,4,h,w]: VAE posterior mean × latent scale factor (0.18215)."""
+        """[B,3,H,W] RGB in [-1,1] -> [B,4,h,w]: VAE posterior mean × the VAE's scaling factor."""
         ...
 
     def denoise(

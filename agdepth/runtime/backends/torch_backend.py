@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from agdepth.checkpoint import load_checkpoint, marigold_schedule
+from agdepth.networks import torch_modules
 from agdepth.runtime.backends import DepthBackend, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
@@ -33,8 +34,8 @@ class TorchBackend(DepthBackend):
         self._emb = empty_text_embedding.to(device=self._device, dtype=dtype)
         self._schedule = schedule
         self._defaults = defaults or RuntimeDefaults()
-        # diffusers' Marigold pipeline scales by the VAE's own config value (0.18215 for SD's and the tiny VAE)
-        self._scale = float(vae.config.scaling_factor)
+        # the exported networks' own PyTorch definitions, so the eager path and the ONNX graphs cannot drift apart
+        self.networks = torch_modules(self.unet, self.vae)
 
     @staticmethod
     def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -79,18 +80,19 @@ class TorchBackend(DepthBackend):
     def defaults(self) -> RuntimeDefaults:
         return self._defaults
 
+    def check_shapes(self, batch: int, height: int, width: int) -> None:
+        """PyTorch runs any shape."""
+
     @torch.no_grad()
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        posterior = self.vae.encode(rgb.to(device=self._device, dtype=self._dtype)).latent_dist
-        return posterior.mean * self._scale
+        return self.networks["vae_encoder"](rgb.to(device=self._device, dtype=self._dtype))
 
     @torch.no_grad()
     def denoise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return self.networks["unet"](sample, timestep, encoder_hidden_states)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode(latent / self._scale, return_dict=False)[0]
-        return image.mean(dim=1, keepdim=True)
+        return self.networks["vae_decoder"](latent)

@@ -1,0 +1,250 @@
+"""Export a checkpoint's three networks to ONNX (fp32, and fp16 on request) with a manifest the runtime reads.
+
+    engines/
+      manifest.json                     # files + sha256, dtypes, shape ranges, scheduler, defaults, versions
+      unet.onnx vae_encoder.onnx vae_decoder.onnx              # fp32
+      unet.fp16.onnx vae_encoder.fp16.onnx vae_decoder.fp16.onnx   # with --fp16
+      empty_text_embedding.npy          # [1, L, C] float32: the U-Net's constant text conditioning
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch_modules
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "agdepth-engines/1"
+EMBEDDING_NPY = "empty_text_embedding.npy"
+PRECISIONS = ("fp32", "fp16")
+FP32_TOLERANCE = 1e-4  # per network, relative_error against PyTorch
+FP16_NETWORK_TOLERANCE = 5e-2  # per network: fp16 rounding through a deep graph; the end-to-end check is the real bar
+FP16_DEPTH_TOLERANCE = 0.005  # end to end: AbsRel between fp16 and fp32 depth maps (0.5 %)
+
+
+def onnx_file(network: str, precision: str) -> str:
+    return f"{network}.onnx" if precision == "fp32" else f"{network}.{precision}.onnx"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxslim
+
+    from agdepth import __version__
+
+    return {"agdepth": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class ExportOptions:
+    fp16: bool = False
+    max_resolution: int = 1024
+    opt_resolution: int | None = None  # None: the checkpoint's default processing resolution
+    min_resolution: int | None = None
+    max_batch: int = 10  # the paper's ensemble size
+    opt_batch: int | None = None  # None: the checkpoint's default ensemble size
+    static: bool = False
+    opset: int = 17
+    external_data_threshold: int | None = None  # None: onnx_export.EXTERNAL_DATA_THRESHOLD
+    fp16_tolerance: float = FP16_DEPTH_TOLERANCE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Manifest:
+    """``manifest.json`` of an engines directory: everything a backend needs besides the network files."""
+
+    def __init__(self, root: Path, data: dict[str, Any]) -> None:
+        self.root, self.data = Path(root), data
+
+    @classmethod
+    def load(cls, root: str | Path) -> Manifest:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: an engines directory is written by `depth-export`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"{path}: unsupported manifest format {data.get('format')!r} (expected {MANIFEST_FORMAT})")
+        return cls(root, data)
+
+    @property
+    def shapes(self) -> ShapeRange:
+        return ShapeRange.from_dict(self.data["shapes"])
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.data["networks"])
+
+    def network(self, name: str, precision: str) -> dict[str, Any]:
+        try:
+            return self.data["networks"][precision][name]
+        except KeyError:
+            raise KeyError(f"{self.root / MANIFEST} lists no {precision} {name!r} (has: {self.precisions})") from None
+
+    def path(self, name: str, precision: str) -> Path:
+        p = self.root / self.network(name, precision)["file"]
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing (listed in {self.root / MANIFEST})")
+        return p
+
+    def precision_of(self, file: Path) -> tuple[str, str]:
+        """(network, precision) of one of this manifest's files."""
+        for prec, nets in self.data["networks"].items():
+            for name, entry in nets.items():
+                if entry["file"] == file.name:
+                    return name, prec
+        raise ValueError(f"{file.name} is not listed in {self.root / MANIFEST}")
+
+    def embedding(self) -> np.ndarray:
+        return np.load(self.root / self.data["empty_text_embedding"]["file"])
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
+                      progress: Callable[[str], None] = print) -> Manifest:
+    """Export, clean, (fp16-convert,) validate and describe the checkpoint's networks in ``out_dir``.
+
+    The directory is written atomically: on any validation failure nothing is left behind.
+    """
+    from agdepth.checkpoint import atomic_dir, load_checkpoint
+    from agdepth.export import onnx_export as ox
+    from agdepth.runtime.backends import RuntimeDefaults
+
+    opts = options or ExportOptions()
+    checkpoint = Path(checkpoint)
+    models = load_checkpoint(checkpoint)
+    index = models.extra.get("model_index") or {}
+    sched_cfg = models.extra.get("scheduler_config") or {}
+    defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
+    f = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    emb = models.empty_text_embedding.float()
+    specs = describe_networks(f, emb.shape[1], emb.shape[2])
+    modules = torch_modules(models.unet.eval(), models.vae.eval())
+    shapes = ShapeRange.for_model(
+        f, max(opts.max_resolution, opts.opt_resolution or 0), opts.opt_resolution or defaults.processing_resolution
+        or opts.max_resolution, opts.max_batch, opts.opt_batch or min(defaults.ensemble_size, opts.max_batch),
+        opts.min_resolution, opts.static,
+    )
+    # validation shapes: the profile's optimum, and a small non-square one (exercises both dynamic sides)
+    checks = [(shapes.opt_batch, shapes.opt_resolution, shapes.opt_resolution),
+              (shapes.min_batch, shapes.min_resolution, max(shapes.min_resolution, min(2 * shapes.min_resolution,
+                                                                                       shapes.max_resolution)))]
+    odd = (shapes.opt_resolution // f) | 1  # an odd latent size (see the trace below), non-square
+    if not opts.static and (odd + 2) * f <= shapes.max_resolution:
+        checks.append((shapes.opt_batch, odd * f, (odd + 2) * f))
+    if opts.static:
+        checks = checks[:1]
+    threshold = ox.EXTERNAL_DATA_THRESHOLD if opts.external_data_threshold is None else opts.external_data_threshold
+    precisions = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
+    networks: dict[str, dict[str, Any]] = {p: {} for p in precisions}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for name in NETWORK_NAMES:
+            spec, module = specs[name], modules[name]
+            progress(f"[{name}] exporting to ONNX (opset {opts.opset}) ...")
+            # trace at an odd latent size: diffusers' U-Net then sizes each upsampling from the skip tensor's shape
+            # (a dynamic Resize in the graph) instead of a fixed 2x, so latents not divisible by 2^levels work too
+            sample = spec.sample_inputs(shapes.opt_batch, odd * f, odd * f)
+            model = ox.torch_to_onnx(module, spec, tmp / f".{name}.raw.onnx", sample, opts.opset)
+            for leftover in tmp.glob(f".{name}.raw.onnx*"):
+                leftover.unlink()
+            for prec in precisions:
+                m = model if prec == "fp32" else ox.to_fp16(model)
+                path = tmp / onnx_file(name, prec)
+                ox.save_onnx(m, path, threshold)
+                tol = FP32_TOLERANCE if prec == "fp32" else FP16_NETWORK_TOLERANCE
+                errors = ox.validate_against_torch(path, module, spec, checks, tol)
+                data = path.with_name(path.name + ".data")
+                networks[prec][name] = {
+                    "file": path.name,
+                    "sha256": sha256(path),
+                    "external_data": {"file": data.name, "sha256": sha256(data)} if data.exists() else None,
+                    "io_dtype": "float32",
+                    "compute_dtype": "float32" if prec == "fp32" else "float16",
+                    "fp32_ops": [] if prec == "fp32" else list(ox.FP16_BLOCKED_OPS) + ["timestep embedding"],
+                    "inputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.inputs],
+                    "outputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.outputs],
+                    "max_error_vs_torch": errors,
+                }
+                worst = max(errors.values())
+                progress(f"[{name}] {prec}: {path.name} ({path.stat().st_size / 2**20:.1f} MiB"
+                         f"{' + external data' if data.exists() else ''}), max error vs PyTorch {worst:.1e}")
+        np.save(tmp / EMBEDDING_NPY, emb.numpy())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "source_checkpoint": {"path": str(checkpoint), "model_index": index.get("agdepth", {})},
+            "vae_scale_factor": f,
+            "shapes": shapes.to_dict(),
+            "static": opts.static,
+            "networks": networks,
+            "scheduler": {k: v for k, v in sched_cfg.items() if not k.startswith("_")},
+            "defaults": {"steps": defaults.steps, "processing_resolution": defaults.processing_resolution,
+                         "ensemble_size": defaults.ensemble_size, "timestep_spacing": defaults.timestep_spacing},
+            "empty_text_embedding": {"file": EMBEDDING_NPY, "shape": list(emb.shape)},
+            "opset": opts.opset,
+            "versions": library_versions(),
+            **opts.extra,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+        if opts.fp16:
+            progress("[fp16] end-to-end check against fp32 ...")
+            manifest["fp16_check"] = fp16_depth_check(Manifest(tmp, manifest), checkpoint, opts.fp16_tolerance)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+            progress(f"[fp16] depth AbsRel vs fp32 {manifest['fp16_check']['abs_rel']:.2e} "
+                     f"(tolerance {opts.fp16_tolerance:.0e}), outputs finite")
+    return Manifest(out_dir, manifest)
+
+
+def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> dict[str, Any]:
+    """Depth of procedural scenes through the fp32 and the fp16 graphs (same noise, the checkpoint's defaults):
+    NaN/Inf anywhere or an AbsRel between the two above ``tolerance`` fails the export."""
+    from agdepth.data.procedural import render_scene
+    from agdepth.export.onnx_export import ExportValidationError
+    from agdepth.metrics import backend_agreement
+    from agdepth.runtime.backends.onnx_backend import OnnxBackend
+    from agdepth.runtime.pipeline import DepthPipeline
+
+    images = [render_scene(d, 0, size=(96, 128), split="test").rgb for d in ("indoor", "street", "tabletop")]
+    res = min(manifest.shapes.opt_resolution, manifest.shapes.max_resolution)
+    depth = {}
+    for prec in ("fp32", "fp16"):
+        pipe = DepthPipeline(OnnxBackend(manifest, prec))
+        depth[prec] = pipe(images, processing_res=res, seed=0).depth
+        if not np.isfinite(depth[prec]).all():
+            raise ExportValidationError(f"{prec} depth has NaN/Inf")
+    pairs = zip(depth["fp16"], depth["fp32"], strict=True)
+    err = float(np.mean([backend_agreement(a, b)["abs_rel"] for a, b in pairs]))
+    if not err <= tolerance:
+        raise ExportValidationError(
+            f"fp16 depth differs from fp32 by AbsRel {err:.2e} > {tolerance:.0e}: keep fp32 for this model, or add "
+            "ops to the fp32 list (agdepth.export.onnx_export.FP16_BLOCKED_OPS)"
+        )
+    return {"abs_rel": err, "tolerance": tolerance, "images": len(images), "processing_resolution": res}
+
+
+__all__ = ["ExportOptions", "Manifest", "export_checkpoint", "onnx_file"]

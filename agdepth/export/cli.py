@@ -1,0 +1,63 @@
+"""``depth-export``: a checkpoint's U-Net and VAE to validated ONNX graphs (fp32, + fp16 with --fp16) and a manifest.
+
+    depth-export --out engines/ --fp16
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from agdepth.export import MANIFEST, ExportOptions, export_checkpoint
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint directory (diffusers layout). Default: the bundled tiny model.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"), show_default=True,
+              help="Output directory for the ONNX graphs and manifest.json.")
+@click.option("--fp16", is_flag=True, help="Also write fp16 graphs (norms, softmax, timestep embedding kept fp32), "
+              "checked end to end against fp32.")
+@click.option("--max-resolution", type=int, default=1024, show_default=True,
+              help="Largest padded image side (pixels) the graphs are validated and recorded for.")
+@click.option("--opt-resolution", type=int, default=None,
+              help="Most common side (TensorRT's opt shape). Default: the checkpoint's processing resolution.")
+@click.option("--min-resolution", type=int, default=None, help="Smallest side. Default: 2 latent pixels.")
+@click.option("--max-batch", type=int, default=10, show_default=True,
+              help="Most rows per network call (ensemble members × images).")
+@click.option("--static", is_flag=True, help="One shape only: the opt batch and resolution (for CUDA graphs).")
+@click.option("--fp16-tolerance", type=float, default=0.005, show_default=True,
+              help="Largest accepted AbsRel between fp16 and fp32 depth maps.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, opt_resolution: int | None,
+         min_resolution: int | None, max_batch: int, static: bool, fp16_tolerance: float, opset: int,
+         overwrite: bool) -> None:
+    """Export a checkpoint to ONNX: unet, vae_encoder, vae_decoder, each validated against PyTorch."""
+    from agdepth import default_checkpoint
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise click.UsageError(f"{out} exists and is not empty: pass --overwrite to replace it")
+    ckpt = checkpoint or default_checkpoint()
+    t0 = time.perf_counter()
+    click.echo(f"exporting {ckpt} -> {out}")
+    try:
+        manifest = export_checkpoint(ckpt, out, ExportOptions(
+            fp16=fp16, max_resolution=max_resolution, opt_resolution=opt_resolution, min_resolution=min_resolution,
+            max_batch=max_batch, static=static, opset=opset, fp16_tolerance=fp16_tolerance,
+        ), progress=click.echo)
+    except Exception as e:  # one readable line; the directory was not written (atomic)
+        click.echo(f"error: export failed: {e}", err=True)
+        sys.exit(1)
+    r = manifest.shapes
+    click.echo(f"wrote {out / MANIFEST}: batch {r.batch[0]}..{r.batch[2]}, sides {r.resolution[0]}..{r.resolution[2]} "
+               f"px, precisions {', '.join(manifest.precisions)} ({time.perf_counter() - t0:.1f} s)")
+    click.echo("TensorRT engines: not built (this version exports ONNX only); run: "
+               f"depth-run IMAGES --engine {out / 'unet.onnx'}")
+
+
+if __name__ == "__main__":
+    main()

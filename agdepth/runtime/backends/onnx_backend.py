@@ -1,0 +1,111 @@
+"""ONNX Runtime backend: the three graphs of an engines directory (``depth-export``), one session each.
+
+The CUDA execution provider is used when onnxruntime-gpu provides it, else the CPU provider. Inputs outside the
+manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agdepth.export import Manifest
+from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
+from agdepth.runtime.backends import RuntimeDefaults
+from agdepth.schedule import NoiseSchedule
+
+
+def default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxBackend:
+    """:class:`agdepth.runtime.backends.DepthBackend` over ONNX Runtime sessions (float32 I/O on the CPU side)."""
+
+    def __init__(self, manifest: Manifest | str | Path, precision: str = "fp32", providers: list[str] | None = None,
+                 threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        m = self.manifest
+        if precision not in m.precisions:
+            raise ValueError(f"{m.root}: no {precision} networks (exported: {m.precisions}; fp16 needs --fp16)")
+        self.precision = precision
+        self.providers = providers or default_providers()
+        emb = m.embedding()
+        self._f = int(m.data["vae_scale_factor"])
+        self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])
+        self._check_manifest_io()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.sessions = {name: ort.InferenceSession(str(m.path(name, precision)), sess_options=opts,
+                                                    providers=self.providers) for name in self.specs}
+        self._emb = torch.from_numpy(emb).float()
+        self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
+        self._defaults = RuntimeDefaults(**m.data["defaults"])
+        self.shapes: ShapeRange = m.shapes
+
+    def _check_manifest_io(self) -> None:
+        """The graphs must have the inputs and outputs this version of agdepth feeds and reads."""
+        for name, spec in self.specs.items():
+            entry = self.manifest.network(name, self.precision)
+            listed = [(t["name"], list(t["dims"])) for t in entry["inputs"] + entry["outputs"]]
+            expected = [(t.name, list(t.dims)) for t in (*spec.inputs, *spec.outputs)]
+            if listed != expected:
+                raise ValueError(
+                    f"{self.manifest.root / 'manifest.json'}: {name} I/O {listed} does not match what this runtime "
+                    f"expects {expected}; re-export with this version of depth-export"
+                )
+
+    # ------------------------------------------------------------------ DepthBackend
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self._f
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # sessions take host arrays; the CUDA provider copies them itself
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def empty_text_embedding(self) -> torch.Tensor:
+        return self._emb
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self._schedule
+
+    @property
+    def defaults(self) -> RuntimeDefaults:
+        return self._defaults
+
+    def check_shapes(self, batch: int, height: int, width: int) -> None:
+        self.shapes.check(batch, height, width)
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        spec = self.specs[name]
+        feeds = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(spec.input_names, inputs,
+                                                                                 strict=True)}
+        return torch.from_numpy(self.sessions[name].run(spec.output_names, feeds)[0])
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_encoder", rgb.float())
+
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self._run("unet", sample.float(), timestep.long(), encoder_hidden_states.float())
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_decoder", latent.float())

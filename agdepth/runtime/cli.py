@@ -1,0 +1,145 @@
+"""``depth-run``: folders of images -> depth maps, on PyTorch, ONNX Runtime (or TensorRT, later) by ``--engine``.
+
+    depth-run examples/ --engine engines/unet.onnx --out outputs/
+
+Unreadable inputs are reported one line each and skipped; the run goes on and exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm.auto import tqdm
+
+from agdepth.imageio import (
+    OUTPUT_FORMATS,
+    ImageReadError,
+    collect_inputs,
+    existing_outputs,
+    output_paths,
+    read_image,
+    write_outputs,
+)
+from agdepth.runtime.pipeline import STAGES, DepthPipeline
+
+
+def load_pipeline(engine: Path | None) -> DepthPipeline:
+    """--engine: .onnx / engines dir -> ONNX Runtime, checkpoint dir -> PyTorch, none -> the bundled model."""
+    if engine is None:
+        from agdepth import default_checkpoint
+
+        return DepthPipeline.from_checkpoint(default_checkpoint())
+    return DepthPipeline.from_engine(engine)
+
+
+def _backend_name(pipe: DepthPipeline) -> str:
+    be = pipe.backend
+    prec = getattr(be, "precision", None)
+    return f"{type(be).__name__}" + (f" {prec}" if prec else "") + f" on {be.device}"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
+              help="unet.onnx / unet.fp16.onnx (ONNX Runtime), an engines or checkpoint directory. "
+                   "Default: the bundled model on PyTorch.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
+@click.option("--steps", type=int, default=None, help="DDIM steps. Default: the model's.")
+@click.option("--ensemble", type=int, default=None, help="Ensemble members per image. Default: the model's.")
+@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
+@click.option("--processing-res", type=int, default=None,
+              help="Longer side the networks see (0 = native). Default: the model's.")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Most rows (members × images) per network call; images go through in groups that fit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initial noise seed (per group of images).")
+@click.option("--formats", default="png16,npy,color", show_default=True,
+              help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}.")
+@click.option("--uncertainty", is_flag=True, help="Also write <name>_uncertainty.png (needs --ensemble > 1).")
+@click.option("--recursive", is_flag=True, help="Descend into sub-folders of INPUT folders.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, steps: int | None, ensemble: int | None,
+         timestep_spacing: str | None, processing_res: int | None, batch_size: int, seed: int, formats: str,
+         uncertainty: bool, recursive: bool, overwrite: bool) -> None:
+    """Predict depth for image files and folders (INPUT...)."""
+    t_start = time.perf_counter()
+    if not inputs:
+        raise click.UsageError("no INPUT given: pass image files or folders")
+    if batch_size < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    try:
+        items = collect_inputs(inputs, recursive=recursive)
+        plans = [(src, output_paths(out, stem, formats, uncertainty)) for src, stem in items]
+    except (FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    if not overwrite:
+        clash = existing_outputs([p for _, paths in plans for p in paths.values()])
+        if clash:
+            raise click.UsageError(f"{len(clash)} output file(s) exist already, e.g. {clash[0]}: pass --overwrite")
+    try:
+        pipe = load_pipeline(engine)
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    d = pipe.backend.defaults
+    ens = d.ensemble_size if ensemble is None else ensemble
+    if uncertainty and ens < 2:
+        raise click.UsageError("--uncertainty needs --ensemble > 1")
+    res_px = d.processing_resolution if processing_res is None else processing_res
+    click.echo(f"{len(items)} image(s) -> {out} | {_backend_name(pipe)} | steps {steps or d.steps}, ensemble {ens}, "
+               f"{timestep_spacing or d.timestep_spacing}, processing res {res_px}")
+
+    per_call = max(1, batch_size // ens)  # whole images per pipeline call
+    timings = dict.fromkeys((*STAGES, "io"), 0.0)
+    failures: list[str] = []
+    done = 0
+    bar = tqdm(total=len(plans), desc="depth", unit="img", dynamic_ncols=True)
+    for k in range(0, len(plans), per_call):
+        chunk, images = [], []
+        t_io = time.perf_counter()
+        for src, paths in plans[k:k + per_call]:
+            try:
+                images.append(read_image(src))
+                chunk.append(paths)
+            except ImageReadError as e:
+                failures.append(str(e))
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                bar.update(1)
+        timings["io"] += time.perf_counter() - t_io
+        if not images:
+            continue
+        try:
+            res = pipe(images, steps=steps, ensemble=ens, processing_res=processing_res,
+                       timestep_spacing=timestep_spacing, batch_size=batch_size, seed=seed + k,
+                       output_uncertainty=uncertainty)
+        except ValueError as e:  # e.g. a size outside the engine's range: nothing of this chunk can run
+            for paths in chunk:
+                failures.append(f"{next(iter(paths.values())).name}: {e}")
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            bar.update(len(chunk))
+            continue
+        for stage in STAGES:
+            timings[stage] += res.timings[stage]
+        t_io = time.perf_counter()
+        for j, paths in enumerate(chunk):
+            unc = res.uncertainty[j] if res.uncertainty is not None else None
+            write_outputs(paths, np.asarray(res.depth[j]), unc)
+            done += 1
+        timings["io"] += time.perf_counter() - t_io
+        bar.update(len(chunk))
+    bar.close()
+    wall = time.perf_counter() - t_start
+    stages = ", ".join(f"{s} {v:.2f}" for s, v in timings.items() if v > 0)
+    click.echo(f"done: {done} image(s) in {wall:.1f} s ({done / wall:.2f} img/s); seconds per stage: {stages}")
+    if failures:
+        click.echo(f"{len(failures)} input(s) failed:", err=True)
+        for f in failures:
+            click.echo(f"  {f}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

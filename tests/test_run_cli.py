@@ -1,0 +1,101 @@
+"""depth-run end to end: outputs, bad inputs (one line each, run goes on, non-zero exit), engines, overwrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from agdepth import default_checkpoint
+from agdepth.data.procedural import render_scene
+from agdepth.export import ExportOptions, export_checkpoint
+from agdepth.runtime import DepthPipeline
+from agdepth.runtime.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.output
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(render_scene("indoor", 0, size=(60, 80), split="test").rgb).save(d / "room.png")
+    Image.fromarray(render_scene("street", 0, size=(64, 64), split="test").rgb).convert("RGBA").save(d / "street.png")
+    Image.fromarray(render_scene("forest", 0, size=(50, 40), split="test").rgb).save(d / "sub" / "forest.jpg")
+    return d
+
+
+def test_outputs_match_the_python_api(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, text = run(str(photos), "--out", str(out), "--recursive", "--seed", "0", "--batch-size", "1")
+    assert code == 0, text
+    assert "3 image(s)" in text and "seconds per stage" in text
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*")} >= {
+        "room_depth.png", "room_depth.npy", "room_depth_color.png", "sub/forest_depth.npy", "street_depth.png"}
+    depth = np.load(out / "room_depth.npy")
+    assert depth.shape == (60, 80) and depth.dtype == np.float32 and 0 <= depth.min() <= depth.max() <= 1
+    png = np.asarray(Image.open(out / "room_depth.png"))
+    assert np.array_equal(png, np.round(depth.astype(np.float64) * 65535).astype(np.uint16))
+    color = Image.open(out / "room_depth_color.png")
+    assert color.mode == "RGB" and color.size == (80, 60)
+    # the first image alone with seed 0: the same as the Python API
+    api = DepthPipeline.from_checkpoint(default_checkpoint())(np.asarray(Image.open(photos / "room.png")), seed=0)
+    np.testing.assert_allclose(depth, api.depth[0], atol=1e-6)
+
+
+def test_bad_inputs_are_reported_and_the_run_goes_on(photos: Path, tmp_path: Path) -> None:
+    (photos / "notes.png").write_text("not an image")
+    data = (photos / "room.png").read_bytes()
+    (photos / "cut.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    code, text = run(str(photos), "--out", str(out), "--formats", "npy")
+    assert code == 1
+    assert "notes.png" in text and "cut.png" in text and "2 input(s) failed" in text
+    assert sorted(p.name for p in out.iterdir()) == ["room_depth.npy", "street_depth.npy"]
+
+
+def test_refuses_to_overwrite(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(str(photos / "room.png"), "--out", str(out), "--formats", "npy")[0] == 0
+    before = (out / "room_depth.npy").stat().st_mtime_ns
+    code, text = run(str(photos / "room.png"), "--out", str(out), "--formats", "npy")
+    assert code == 2 and "--overwrite" in text and "room_depth.npy" in text
+    assert (out / "room_depth.npy").stat().st_mtime_ns == before
+    assert run(str(photos / "room.png"), "--out", str(out), "--formats", "npy", "--overwrite")[0] == 0
+
+
+@pytest.mark.parametrize("engine,message", [
+    ("unet.plan", "TensorRT"), ("unet.xml", "unknown engine type"), ("missing.onnx", "does not exist")])
+def test_engine_errors(photos: Path, tmp_path: Path, engine: str, message: str) -> None:
+    (tmp_path / "unet.plan").write_bytes(b"x")
+    (tmp_path / "unet.xml").write_bytes(b"x")
+    code, text = run(str(photos), "--engine", str(tmp_path / engine), "--out", str(tmp_path / "o"))
+    assert code == 2 and message in text
+
+
+def test_empty_input_and_uncertainty(tmp_path: Path, photos: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, text = run(str(tmp_path / "empty"))
+    assert code == 2 and "no input images" in text
+    code, text = run(str(photos / "room.png"), "--uncertainty", "--out", str(tmp_path / "o"))
+    assert code == 2 and "--ensemble > 1" in text
+    code, _ = run(str(photos / "room.png"), "--uncertainty", "--ensemble", "3", "--out", str(tmp_path / "o"))
+    assert code == 0
+    unc = np.asarray(Image.open(tmp_path / "o" / "room_uncertainty.png"))
+    assert unc.shape == (60, 80) and unc.max() > 0
+
+
+def test_onnx_engine_and_out_of_range(photos: Path, tmp_path: Path) -> None:
+    eng = tmp_path / "eng"
+    export_checkpoint(default_checkpoint(), eng, ExportOptions(max_resolution=96), progress=lambda s: None)
+    code, text = run(str(photos), "--engine", str(eng / "unet.onnx"), "--out", str(tmp_path / "a"))
+    assert code == 0 and "OnnxBackend fp32" in text, text
+    code, text = run(str(photos / "room.png"), "--engine", str(eng / "unet.onnx"), "--processing-res", "200",
+                     "--out", str(tmp_path / "b"))
+    assert code == 1 and "outside [8, 96]" in text
