@@ -297,3 +297,32 @@ def test_timings(pipe: DepthPipeline) -> None:
     assert all(v >= 0 for v in out.timings.values())
     assert out.timings["unet"] > 0 and out.timings["ensemble"] > 0
     assert out.timings["total"] >= sum(out.timings[s] for s in STAGES) * 0.999
+
+
+def test_official_marigold_layout_with_clip(tmp_path: Path, tiny_sd2_dir: Path) -> None:
+    """A directory as diffusers' MarigoldDepthPipeline.save_pretrained writes it (text_encoder/ and tokenizer/, no
+    stored embedding) loads, computes the empty-prompt embedding with its CLIP, and equals the diffusers pipeline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from agdepth.models import load_sd2
+
+    models = load_sd2(tiny_sd2_dir)  # 8-channel U-Net from SD2's 4-channel one
+    ref = MarigoldDepthPipeline(
+        unet=models.unet, vae=AutoencoderKL.from_pretrained(tiny_sd2_dir / "vae"),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                timestep_spacing="trailing"),
+        text_encoder=CLIPTextModel.from_pretrained(tiny_sd2_dir / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(tiny_sd2_dir / "tokenizer"),
+        prediction_type="depth", default_denoising_steps=2, default_processing_resolution=32,
+    )
+    ref.save_pretrained(tmp_path / "marigold", safe_serialization=True)
+    assert (tmp_path / "marigold" / "text_encoder").is_dir() and not (tmp_path / "marigold" / "tokenizer").is_file()
+    ref.set_progress_bar_config(disable=True)
+    pipe = DepthPipeline.from_checkpoint(tmp_path / "marigold")
+    assert pipe.backend.defaults.steps == 2 and pipe.backend.defaults.timestep_spacing == "trailing"
+    img, lat = _image(40, 40), _latents(1, hw=(4, 4))
+    expected = ref(img, latents=lat, output_type="np").prediction[..., 0]
+    out = pipe(img, ensemble=1, latents=lat).depth
+    assert out.std() > 1e-4 and np.abs(out - expected).max() <= 1e-4

@@ -99,3 +99,19 @@ def test_onnx_engine_and_out_of_range(photos: Path, tmp_path: Path) -> None:
     code, text = run(str(photos / "room.png"), "--engine", str(eng / "unet.onnx"), "--processing-res", "200",
                      "--out", str(tmp_path / "b"))
     assert code == 1 and "outside [8, 96]" in text
+
+
+def test_odd_sizes_modes_and_exif(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.new("RGB", (1, 1), (120, 30, 200)).save(d / "dot.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 3000, 3), dtype=np.uint8)).save(d / "pano.png")
+    Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)).save(d / "grey16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display: a 40×30 (w×h) file shows as 30×40
+    Image.fromarray(render_scene("indoor", 2, size=(30, 40), split="test").rgb).save(d / "rot.jpg", exif=exif)
+    code, text = run(str(d), "--out", str(tmp_path / "o"), "--formats", "npy")
+    assert code == 0, text
+    shapes = {p.name: np.load(p).shape for p in (tmp_path / "o").iterdir()}
+    assert shapes == {"dot_depth.npy": (1, 1), "pano_depth.npy": (40, 3000), "grey16_depth.npy": (48, 64),
+                      "rot_depth.npy": (40, 30)}
