@@ -258,7 +258,7 @@ def test_learning_rate_warmup_then_cosine_to_zero() -> None:
 def test_vae_stage_calibrates_scaling_factor_to_unit_latents(tmp_path: Path) -> None:
     # SD's rule, measured on the training batches: the exported factor scales the latents (RGB and depth) of the
     # batches the stage saw to unit std, and replaces diffusers' default 0.18215
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("stages.vae.calibrate_scaling_factor=true")
     stage = make_stage("vae", cfg, tmp_path, torch.device("cpu"))
     stream = BatchStream(cfg, cfg.stage("vae"), DistInfo()).iterate(0)
     batches = [next(stream) for _ in range(3)]

@@ -41,6 +41,9 @@ class StageConfig:
     # vae stage: decode a posterior sample (SD's VAE training) or its mean. Marigold only ever uses the mean; a short
     # from-scratch run that samples keeps the posterior noisy and leaves channels unused (tiny_recipe.md).
     sample_posterior: bool = True
+    # vae stage: export scaling_factor = 1 / std of the latents of the last training batches (SD's rule), instead of
+    # SD's 0.18215. Off by default so the tiny recipe reproduces the bundled model; measured in tiny_recipe.md.
+    calibrate_scaling_factor: bool = False
     losses: LossWeights = field(default_factory=LossWeights)  # unet stage: eq. 8 terms, 0 switches a term off
     val_steps: int = 1  # unet stage: DDIM steps (trailing) of the validation prediction
     # unet stage: share of samples trained at the last timestep T-1, where 1-step trailing DDIM predicts from pure

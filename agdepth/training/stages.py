@@ -132,7 +132,7 @@ class VAEStage(Stage):
         return float(1.0 / torch.sqrt(m[2] / m[0] - mean**2))
 
     def export(self, step: int) -> Path:
-        if (scale := self.scaling_factor()) is not None:
+        if self.scfg.calibrate_scaling_factor and (scale := self.scaling_factor()) is not None:
             self.trainable.register_to_config(scaling_factor=scale)
         with atomic_dir(self.out_dir / "vae") as tmp:
             self.trainable.save_pretrained(tmp, safe_serialization=True)
