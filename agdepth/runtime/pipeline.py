@@ -165,8 +165,8 @@ class DepthPipeline:
         Args:
             steps, ensemble, processing_res, timestep_spacing: None = the checkpoint's defaults
                 (``backend.defaults``). ``processing_res`` is the longer edge the networks see; 0 = native size.
-            batch_size: at most this many rows per network call (0 = a whole size group at once). Members of one
-                image share a call whenever batch_size ≥ ensemble.
+            batch_size: at most this many rows per network call (0 = a whole size group at once, or the backend's
+                ``max_batch``). Members of one image share a call whenever batch_size ≥ ensemble.
             seed: initial noise from ``torch.Generator(backend.device).manual_seed(seed)``, drawn per size group as
                 one ``randn([n·E,4,h,w])`` (exactly diffusers' draw for a single size). None = global RNG.
             latents: fixed initial noise instead: [N·E,4,h,w] image-major, or a list of per-image [E,4,h,w]
@@ -189,6 +189,8 @@ class DepthPipeline:
             raise ValueError(f"processing_res must be >= 0 (0 = native resolution), got {res}")
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 = all at once), got {batch_size}")
+        if batch_size == 0 and be.max_batch is not None:
+            batch_size = be.max_batch  # "all at once" up to what the exported networks take
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if output_uncertainty and ens < 2:

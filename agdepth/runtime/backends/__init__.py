@@ -101,6 +101,12 @@ class DepthBackend(Protocol):
         """The checkpoint's recommended inference settings."""
         ...
 
+    @property
+    def max_batch(self) -> int | None:
+        """Most rows one network call takes (an exported range), None = no limit; the pipeline's batch_size=0 means
+        this many."""
+        ...
+
     def check_shapes(self, batch: int, height: int, width: int) -> None:
         """Raise ValueError (naming the supported range) if network calls of ``batch`` rows at the padded image size
         H×W cannot run; called before any work. Backends without fixed ranges accept everything."""

@@ -80,6 +80,10 @@ class TorchBackend(DepthBackend):
     def defaults(self) -> RuntimeDefaults:
         return self._defaults
 
+    @property
+    def max_batch(self) -> int | None:
+        return None
+
     def check_shapes(self, batch: int, height: int, width: int) -> None:
         """PyTorch runs any shape."""
 
