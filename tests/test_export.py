@@ -152,3 +152,16 @@ def test_manifest_mismatch_is_a_clear_error(engines: Path, tmp_path: Path) -> No
 def test_depth_export_cli_refuses_to_overwrite(engines: Path) -> None:
     res = CliRunner().invoke(export_main, ["--out", str(engines)])
     assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_default_batching_follows_the_exported_max_batch(engines: Path) -> None:
+    # 12 images × 1 member exceed the engines' max batch of 10: batch_size=0 ("all at once") splits to fit, and the
+    # result equals a run in explicit chunks
+    images = [render_scene("street", i, size=(40, 56), split="test").rgb for i in range(12)]
+    pipe = DepthPipeline.from_engine(engines / "unet.onnx")
+    lat = torch.randn(12, 4, 17, 24, generator=torch.Generator().manual_seed(0))
+    out = pipe(images, ensemble=1, latents=lat).depth
+    chunked = pipe(images, ensemble=1, latents=lat, batch_size=4).depth
+    assert out.shape == (12, 40, 56) and np.abs(out - chunked).max() <= 1e-6
+    with pytest.raises(ValueError, match=r"batch 12 outside \[1, 10\]"):
+        pipe(images, ensemble=1, latents=lat, batch_size=12)
