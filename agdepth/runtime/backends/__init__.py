@@ -127,4 +127,50 @@ class DepthBackend(Protocol):
         ...
 
 
-__all__ = ["DepthBackend", "RuntimeDefaults"]
+class BackendBase:
+    """The settings half of :class:`DepthBackend`, shared by the concrete backends: they set these attributes and
+    implement ``encode``/``denoise``/``decode``. ``_shapes`` (a :class:`agdepth.networks.ShapeRange`) limits the calls
+    of exported networks; None accepts any shape."""
+
+    _f: int
+    _device: torch.device
+    _dtype: torch.dtype
+    _emb: torch.Tensor
+    _schedule: NoiseSchedule
+    _defaults: RuntimeDefaults
+    _shapes: Any = None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self._f
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def empty_text_embedding(self) -> torch.Tensor:
+        return self._emb
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self._schedule
+
+    @property
+    def defaults(self) -> RuntimeDefaults:
+        return self._defaults
+
+    @property
+    def max_batch(self) -> int | None:
+        return None if self._shapes is None else self._shapes.max_batch
+
+    def check_shapes(self, batch: int, height: int, width: int) -> None:
+        if self._shapes is not None:
+            self._shapes.check(batch, height, width)
+
+
+__all__ = ["BackendBase", "DepthBackend", "RuntimeDefaults"]

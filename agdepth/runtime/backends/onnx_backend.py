@@ -13,7 +13,7 @@ import torch
 
 from agdepth.export import Manifest
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
-from agdepth.runtime.backends import RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
 
@@ -24,7 +24,7 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-class OnnxBackend:
+class OnnxBackend(BackendBase):
     """:class:`agdepth.runtime.backends.DepthBackend` over ONNX Runtime sessions (float32 I/O on the CPU side)."""
 
     def __init__(self, manifest: Manifest | str | Path, precision: str = "fp32", providers: list[str] | None = None,
@@ -53,7 +53,8 @@ class OnnxBackend:
         self._emb = torch.from_numpy(emb).float()
         self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
         self._defaults = RuntimeDefaults(**m.data["defaults"])
-        self.shapes: ShapeRange = m.shapes
+        self._shapes: ShapeRange = m.shapes
+        self._device, self._dtype = torch.device("cpu"), torch.float32  # host arrays; CUDA EP copies them
 
     def _check_manifest_io(self) -> None:
         """The graphs must have the inputs and outputs this version of agdepth feeds and reads."""
@@ -67,38 +68,7 @@ class OnnxBackend:
                     f"expects {expected}; re-export with this version of depth-export"
                 )
 
-    # ------------------------------------------------------------------ DepthBackend
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self._f
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # sessions take host arrays; the CUDA provider copies them itself
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    @property
-    def empty_text_embedding(self) -> torch.Tensor:
-        return self._emb
-
-    @property
-    def schedule(self) -> NoiseSchedule:
-        return self._schedule
-
-    @property
-    def defaults(self) -> RuntimeDefaults:
-        return self._defaults
-
-    @property
-    def max_batch(self) -> int | None:
-        return self.shapes.max_batch
-
-    def check_shapes(self, batch: int, height: int, width: int) -> None:
-        self.shapes.check(batch, height, width)
+    # ------------------------------------------------------------------ DepthBackend (settings: BackendBase)
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec = self.specs[name]

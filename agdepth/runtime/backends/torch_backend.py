@@ -9,11 +9,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from agdepth.checkpoint import load_checkpoint, marigold_schedule
 from agdepth.networks import torch_modules
-from agdepth.runtime.backends import DepthBackend, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, DepthBackend, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
 
-class TorchBackend(DepthBackend):
+class TorchBackend(BackendBase, DepthBackend):
     """:class:`DepthBackend` over in-memory diffusers modules (any device / floating dtype torch supports)."""
 
     def __init__(
@@ -26,7 +26,7 @@ class TorchBackend(DepthBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self._vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # diffusers' rule
+        self._f = 2 ** (len(vae.config.block_out_channels) - 1)  # diffusers' rule
         self._device = torch.device(device)
         self._dtype = dtype
         self.unet = self._place(unet, self._device, dtype)
@@ -55,37 +55,6 @@ class TorchBackend(DepthBackend):
         schedule = NoiseSchedule.from_config(sched_cfg) if sched_cfg else marigold_schedule("leading")
         defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
         return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype)
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self._vae_scale_factor
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def empty_text_embedding(self) -> torch.Tensor:
-        return self._emb
-
-    @property
-    def schedule(self) -> NoiseSchedule:
-        return self._schedule
-
-    @property
-    def defaults(self) -> RuntimeDefaults:
-        return self._defaults
-
-    @property
-    def max_batch(self) -> int | None:
-        return None
-
-    def check_shapes(self, batch: int, height: int, width: int) -> None:
-        """PyTorch runs any shape."""
 
     @torch.no_grad()
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
