@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agdepth.export.tensorrt_build import tensorrt_status
 from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch_modules
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ExportOptions:
     opset: int = 17
     external_data_threshold: int | None = None  # None: onnx_export.EXTERNAL_DATA_THRESHOLD
     fp16_tolerance: float = FP16_DEPTH_TOLERANCE
+    engines: bool = True  # build TensorRT engines from the fp16 graphs when TensorRT and a CUDA device are present
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,11 +147,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
     emb = models.empty_text_embedding.float()
     specs = describe_networks(f, emb.shape[1], emb.shape[2])
     modules = torch_modules(models.unet.eval(), models.vae.eval())
-    shapes = ShapeRange.for_model(
-        f, max(opts.max_resolution, opts.opt_resolution or 0), opts.opt_resolution or defaults.processing_resolution
-        or opts.max_resolution, opts.max_batch, opts.opt_batch or min(defaults.ensemble_size, opts.max_batch),
-        opts.min_resolution, opts.static,
-    )
+    max_res = max(opts.max_resolution, opts.opt_resolution or 0)
+    opt_res = opts.opt_resolution or min(defaults.processing_resolution or max_res, max_res)  # 0 = native size
+    shapes = ShapeRange.for_model(f, max_res, opt_res, opts.max_batch,
+                                  opts.opt_batch or min(defaults.ensemble_size, opts.max_batch), opts.min_resolution,
+                                  opts.static)
     # validation shapes: the profile's optimum, and a small non-square one (exercises both dynamic sides)
     checks = [(shapes.opt_batch, shapes.opt_resolution, shapes.opt_resolution),
               (shapes.min_batch, shapes.min_resolution, max(shapes.min_resolution, min(2 * shapes.min_resolution,
@@ -211,6 +213,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             **opts.extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+        if opts.fp16 and opts.engines and tensorrt_status().available:
+            manifest["tensorrt"] = _build_from_manifest(Manifest(tmp, manifest), progress)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
         if opts.fp16:
             progress("[fp16] end-to-end check against fp32 ...")
             manifest["fp16_check"] = fp16_depth_check(Manifest(tmp, manifest), checkpoint, opts.fp16_tolerance)
@@ -218,6 +223,25 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             progress(f"[fp16] depth AbsRel vs fp32 {manifest['fp16_check']['abs_rel']:.2e} "
                      f"(tolerance {opts.fp16_tolerance:.0e}), outputs finite")
     return Manifest(out_dir, manifest)
+
+
+def _build_from_manifest(manifest: Manifest, progress: Callable[[str], None]) -> dict[str, Any]:
+    from agdepth.export.tensorrt_build import build_engines
+
+    onnx_files = {name: manifest.path(name, "fp16") for name in NETWORK_NAMES}
+    return build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
+                         tuple(manifest.data["empty_text_embedding"]["shape"]), manifest.shapes, progress=progress)
+
+
+def build_engines_only(engines_dir: str | Path, progress: Callable[[str], None] = print) -> Manifest:
+    """TensorRT engines for an existing ``depth-export --fp16`` directory (e.g. exported elsewhere, built on the
+    target GPU); the manifest gains a ``tensorrt`` entry. Raises RuntimeError naming why when TensorRT is missing."""
+    manifest = Manifest.load(engines_dir)
+    if "fp16" not in manifest.precisions:
+        raise ValueError(f"{manifest.root}: TensorRT engines are built from the fp16 graphs: re-export with --fp16")
+    manifest.data["tensorrt"] = _build_from_manifest(manifest, progress)
+    (manifest.root / MANIFEST).write_text(json.dumps(manifest.data, indent=2, default=float) + "\n", encoding="utf-8")
+    return manifest
 
 
 def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> dict[str, Any]:
@@ -247,4 +271,4 @@ def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> 
     return {"abs_rel": err, "tolerance": tolerance, "images": len(images), "processing_resolution": res}
 
 
-__all__ = ["ExportOptions", "Manifest", "export_checkpoint", "onnx_file"]
+__all__ = ["ExportOptions", "Manifest", "build_engines_only", "export_checkpoint", "onnx_file"]

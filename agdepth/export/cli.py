@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from agdepth.export import MANIFEST, ExportOptions, export_checkpoint
+from agdepth.export import MANIFEST, ExportOptions, build_engines_only, export_checkpoint
+from agdepth.export.tensorrt_build import tensorrt_status
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,11 +34,26 @@ from agdepth.export import MANIFEST, ExportOptions, export_checkpoint
               help="Largest accepted AbsRel between fp16 and fp32 depth maps.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--engines-only", "engines_only", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Only build TensorRT engines for an existing --fp16 export directory.")
 def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, opt_resolution: int | None,
          min_resolution: int | None, max_batch: int, static: bool, fp16_tolerance: float, opset: int,
-         overwrite: bool) -> None:
-    """Export a checkpoint to ONNX: unet, vae_encoder, vae_decoder, each validated against PyTorch."""
+         overwrite: bool, engines_only: Path | None) -> None:
+    """Export a checkpoint to ONNX: unet, vae_encoder, vae_decoder, each validated against PyTorch; with --fp16 and
+    TensorRT + a CUDA device present, also TensorRT engines."""
     from agdepth import default_checkpoint
+
+    status = tensorrt_status()
+    if engines_only is not None:
+        if not status.available:
+            click.echo(f"error: cannot build TensorRT engines here: {status.reason}", err=True)
+            sys.exit(1)
+        try:
+            build_engines_only(engines_only, progress=click.echo)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        return
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.UsageError(f"{out} exists and is not empty: pass --overwrite to replace it")
@@ -55,8 +71,13 @@ def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, op
     r = manifest.shapes
     click.echo(f"wrote {out / MANIFEST}: batch {r.batch[0]}..{r.batch[2]}, sides {r.resolution[0]}..{r.resolution[2]} "
                f"px, precisions {', '.join(manifest.precisions)} ({time.perf_counter() - t0:.1f} s)")
-    click.echo("TensorRT engines: not built (this version exports ONNX only); run: "
-               f"depth-run IMAGES --engine {out / 'unet.onnx'}")
+    if "tensorrt" in manifest.data:
+        click.echo(f"TensorRT engines: {', '.join(manifest.data['tensorrt']['files'].values())}")
+    elif not fp16:
+        click.echo("TensorRT engines: not built (they are built from fp16 graphs: add --fp16)")
+    else:
+        click.echo(f"TensorRT engines: not built ({status.reason}); on the target machine run: "
+                   f"depth-export --engines-only {out}")
 
 
 if __name__ == "__main__":
