@@ -98,7 +98,7 @@ def test_onnx_engine_and_out_of_range(photos: Path, tmp_path: Path) -> None:
     assert code == 0 and "OnnxBackend fp32" in text, text
     code, text = run(str(photos / "room.png"), "--engine", str(eng / "unet.onnx"), "--processing-res", "200",
                      "--out", str(tmp_path / "b"))
-    assert code == 1 and "outside [8, 96]" in text
+    assert code == 1 and "outside [8, 96]" in text and "room.png" in text
 
 
 def test_odd_sizes_modes_and_exif(tmp_path: Path) -> None:

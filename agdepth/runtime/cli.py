@@ -103,7 +103,7 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, steps: int | 
         for src, paths in plans[k:k + per_call]:
             try:
                 images.append(read_image(src))
-                chunk.append(paths)
+                chunk.append((src, paths))
             except ImageReadError as e:
                 failures.append(str(e))
                 tqdm.write(f"error: {e}", file=sys.stderr)
@@ -116,15 +116,15 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, steps: int | 
                        timestep_spacing=timestep_spacing, batch_size=batch_size, seed=seed + k,
                        output_uncertainty=uncertainty)
         except ValueError as e:  # e.g. a size outside the engine's range: nothing of this chunk can run
-            for paths in chunk:
-                failures.append(f"{next(iter(paths.values())).name}: {e}")
+            for src, _ in chunk:
+                failures.append(f"{src}: {e}")
             tqdm.write(f"error: {e}", file=sys.stderr)
             bar.update(len(chunk))
             continue
         for stage in STAGES:
             timings[stage] += res.timings[stage]
         t_io = time.perf_counter()
-        for j, paths in enumerate(chunk):
+        for j, (_, paths) in enumerate(chunk):
             unc = res.uncertainty[j] if res.uncertainty is not None else None
             write_outputs(paths, np.asarray(res.depth[j]), unc)
             done += 1

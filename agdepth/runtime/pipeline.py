@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from agdepth.ensemble import ensemble_depth
 from agdepth.networks import LATENT_CHANNELS
 from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import ImageInput, as_image_list, preprocess, resize, unpad
+
+if TYPE_CHECKING:
+    from agdepth.export import Manifest
 
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
@@ -67,7 +71,7 @@ def _stack_or_list(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
 
-def _onnx_backend(manifest, precision: str, providers: list[str] | None) -> DepthBackend:  # noqa: ANN001
+def _onnx_backend(manifest: Manifest | Path, precision: str, providers: list[str] | None) -> DepthBackend:
     from agdepth.runtime.backends.onnx_backend import OnnxBackend  # onnxruntime only when actually needed
 
     return OnnxBackend(manifest, precision, providers)
