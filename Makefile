@@ -38,7 +38,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check agdepth tests benchmarks setup.py
 
-test: install lint
+# TensorRT's API calls, checked by mypy against tensorrt-stubs in their own venv (.venv-types)
+typecheck:
+	PY=$(PY) scripts/typecheck_tensorrt.sh
+
+test: install lint typecheck
 	$(BIN)/python -m pytest -q tests
 
 bench-procedural: install
@@ -46,4 +50,4 @@ bench-procedural: install
 		--md benchmarks/results/procedural_speed.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache engines outputs
+	rm -rf $(VENV) .venv-types build *.egg-info .pytest_cache .ruff_cache engines outputs
