@@ -24,4 +24,5 @@ if [ ! -d "$stubs/tensorrt_bindings" ]; then
     "$stubs/tensorrt_bindings/tensorrt.pyi"
   sed -i -E '/^(import|from) tensorrt_libs/d' "$stubs/tensorrt/__init__.pyi"
 fi
-MYPYPATH="$stubs" "$venv/bin/mypy" --config-file scripts/mypy-tensorrt.ini agdepth/export/tensorrt_build.py
+MYPYPATH="$stubs" "$venv/bin/mypy" --config-file scripts/mypy-tensorrt.ini agdepth/export/tensorrt_build.py \
+  agdepth/runtime/backends/tensorrt_backend.py

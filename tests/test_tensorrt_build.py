@@ -76,3 +76,29 @@ def test_export_says_in_one_line_why_no_engines(tmp_path: Path, monkeypatch: pyt
     assert not list((tmp_path / "e").glob("*.plan")) and (tmp_path / "e" / "unet.fp16.onnx").is_file()
     res = CliRunner().invoke(export_main, ["--engines-only", str(tmp_path / "e")])
     assert res.exit_code == 1 and "cannot build TensorRT engines here: the installed `tensorrt`" in res.output
+
+
+def test_engine_version_and_gpu_mismatch_errors() -> None:
+    from agdepth.export.tensorrt_build import TensorRTStatus
+    from agdepth.runtime.backends.tensorrt_backend import check_engines
+
+    here = TensorRTStatus(True, "", version="10.13.0", gpu="NVIDIA GeForce RTX 3090")
+    info = {"version": "10.13.0", "gpu": "NVIDIA GeForce RTX 3090", "files": {}}
+    check_engines(info, here, "engines/manifest.json")  # a match passes
+    with pytest.raises(ValueError, match=r"built for TensorRT 10\.8\.0 \(this machine: 10\.13\.0\)"):
+        check_engines({**info, "version": "10.8.0"}, here, "engines/manifest.json")
+    gpu_msg = r"GPU 'NVIDIA A100' \(this machine: 'NVIDIA GeForce RTX 3090'\).*--engines-only"
+    with pytest.raises(ValueError, match=gpu_msg):
+        check_engines({**info, "gpu": "NVIDIA A100"}, here, "engines/manifest.json")
+    with pytest.raises(FileNotFoundError, match="lists no TensorRT engines"):
+        check_engines(None, here, "engines/manifest.json")
+    with pytest.raises(RuntimeError, match="cannot run TensorRT engines here: no CUDA device"):
+        check_engines(info, TensorRTStatus(False, "no CUDA device"), "engines/manifest.json")
+
+
+def test_plan_engine_without_tensorrt_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agdepth.runtime import DepthPipeline
+
+    _stubs_on_path(tmp_path, monkeypatch)
+    with pytest.raises(RuntimeError, match="cannot run TensorRT engines here: the installed `tensorrt` package"):
+        DepthPipeline.from_engine(tmp_path / "unet.trt10.13.0.gpu.plan")

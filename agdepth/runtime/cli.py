@@ -81,7 +81,7 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, steps: int | 
             raise click.UsageError(f"{len(clash)} output file(s) exist already, e.g. {clash[0]}: pass --overwrite")
     try:
         pipe = load_pipeline(engine)
-    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     d = pipe.backend.defaults

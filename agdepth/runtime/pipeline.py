@@ -96,13 +96,12 @@ class DepthPipeline:
     def from_engine(cls, path: str | Path, providers: list[str] | None = None) -> DepthPipeline:
         """Backend chosen by what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and
         settings from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory
-        -> PyTorch; ``*.plan`` -> TensorRT (not available in this version: a clear error)."""
+        -> PyTorch; ``*.plan`` -> TensorRT (the engines of the manifest beside it; a clear error without TensorRT)."""
         path = Path(path)
         if path.suffix == ".plan":
-            raise NotImplementedError(
-                f"{path}: TensorRT engines are not supported by this version of agdepth yet; use the ONNX graph "
-                "beside it (e.g. unet.fp16.onnx) or a checkpoint directory"
-            )
+            from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
+
+            return cls(TensorRTBackend(path.parent))
         if path.is_dir():
             if (path / "manifest.json").is_file():
                 return cls(_onnx_backend(path, "fp32", providers))

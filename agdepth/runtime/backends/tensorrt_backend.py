@@ -1,0 +1,131 @@
+"""TensorRT backend: the three engines ``depth-export --fp16`` built, run on one CUDA stream (TensorRT 10+ I/O API).
+
+- Each engine is deserialised once, after the manifest's TensorRT version and GPU were checked against this machine
+  (engines are not portable: a mismatch is a clear error, not a crash).
+- One device-memory block, sized for the largest engine, is shared by the three execution contexts: they never run
+  at the same time (one stream, one call after the other).
+- I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
+  stream; output buffers are allocated per shape and reused.
+- Shapes outside the engines' profile are refused before any work (:meth:`BackendBase.check_shapes`).
+
+NOT RUN in this project's development environment (no TensorRT, no GPU); checked by mypy against tensorrt-stubs
+(``make typecheck``). CUDA graph capture of the U-Net step is not implemented yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from agdepth.export import Manifest
+from agdepth.export.tensorrt_build import TensorRTStatus, tensorrt_status
+from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
+from agdepth.runtime.backends import BackendBase, RuntimeDefaults
+from agdepth.schedule import NoiseSchedule
+
+
+def check_engines(info: dict[str, Any] | None, status: TensorRTStatus, where: str) -> None:
+    """Raise (naming both sides) unless TensorRT runs here and the engines were built for this TensorRT and GPU."""
+    if not status.available:
+        raise RuntimeError(f"cannot run TensorRT engines here: {status.reason}")
+    if not info:
+        raise FileNotFoundError(f"{where} lists no TensorRT engines: build them with `depth-export --engines-only`")
+    problems = []
+    if info.get("version") != status.version:
+        problems.append(f"TensorRT {info.get('version')} (this machine: {status.version})")
+    if info.get("gpu") != status.gpu:
+        problems.append(f"GPU {info.get('gpu')!r} (this machine: {status.gpu!r})")
+    if problems:
+        raise ValueError(f"{where}: engines were built for " + " and ".join(problems)
+                         + "; rebuild them here with `depth-export --engines-only`")
+
+
+class TensorRTBackend(BackendBase):
+    """:class:`agdepth.runtime.backends.DepthBackend` over TensorRT engines (float32 I/O, fp16 inside)."""
+
+    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda") -> None:
+        status = tensorrt_status()
+        if not status.available:  # before touching anything else: the one line a user without TensorRT needs
+            raise RuntimeError(f"cannot run TensorRT engines here: {status.reason}")
+        import tensorrt as trt
+
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        m = self.manifest
+        info = m.data.get("tensorrt")
+        check_engines(info, status, str(m.root / "manifest.json"))
+        assert info is not None
+        emb = m.embedding()
+        self._f = int(m.data["vae_scale_factor"])
+        self._device, self._dtype = torch.device(device), torch.float32
+        self._emb = torch.from_numpy(emb).float().to(self._device)
+        self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
+        self._defaults = RuntimeDefaults(**m.data["defaults"])
+        self._shapes = ShapeRange.from_dict(info["shapes"])
+        self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.engines: dict[str, trt.ICudaEngine] = {}
+        for name in NETWORK_NAMES:
+            path = m.root / info["files"][name]
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise RuntimeError(f"{path}: TensorRT could not deserialise this engine")
+            self.engines[name] = engine
+        # one scratch block for all three contexts (they run one after another on one stream)
+        size = max(e.device_memory_size_v2 for e in self.engines.values())
+        self._scratch = torch.empty(size, dtype=torch.uint8, device=self._device)
+        self.contexts: dict[str, trt.IExecutionContext] = {}
+        for name, engine in self.engines.items():
+            ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            ctx.set_device_memory(self._scratch.data_ptr(), size)
+            self.contexts[name] = ctx
+        self._torch_dtypes = {name: {t: _torch_dtype(engine.get_tensor_dtype(t)) for t in
+                                     (*self.specs[name].input_names, *self.specs[name].output_names)}
+                              for name, engine in self.engines.items()}
+        self._outputs: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self._stream = torch.cuda.Stream(device=self._device)
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
+        keep = []  # inputs stay alive until the stream has consumed them
+        for tname, t in zip(spec.input_names, inputs, strict=True):
+            t = t.to(device=self._device, dtype=dtypes[tname]).contiguous()
+            keep.append(t)
+            if not ctx.set_input_shape(tname, tuple(t.shape)):
+                raise ValueError(f"{name}: shape {tuple(t.shape)} of {tname!r} is outside the engine's profile")
+            ctx.set_tensor_address(tname, t.data_ptr())
+        (oname,) = spec.output_names
+        dims = ctx.get_tensor_shape(oname)
+        shape = tuple(int(dims[i]) for i in range(len(dims)))
+        out = self._outputs.get((name, shape))
+        if out is None:
+            out = self._outputs[(name, shape)] = torch.empty(shape, dtype=dtypes[oname], device=self._device)
+        ctx.set_tensor_address(oname, out.data_ptr())
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))  # inputs were written on that stream
+        if not ctx.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError(f"{name}: TensorRT execution failed")
+        torch.cuda.current_stream(self._device).wait_stream(self._stream)
+        # the buffer is reused by the next call of this shape: hand out a copy
+        return out.float().clone()
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_encoder", rgb)
+
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self._run("unet", sample, timestep, encoder_hidden_states)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_decoder", latent)
+
+
+def _torch_dtype(dt: Any) -> torch.dtype:
+    import tensorrt as trt
+
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT64: torch.int64, trt.DataType.BF16: torch.bfloat16}
+    if dt not in table:
+        raise ValueError(f"unsupported engine I/O dtype {dt}")
+    return table[dt]
