@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "onnx>=1.16,<2",
     "onnxslim>=0.1.40,<0.2",
     "onnxruntime>=1.18,<2",
+    "polygraphy>=0.49,<0.60",  # TensorRT engine build and the backend comparator (pure Python; TensorRT optional)
 ]
 
 EXTRAS = {
@@ -48,5 +49,6 @@ setup(
         "depth-train=agdepth.training.cli:main",
         "depth-export=agdepth.export.cli:main",
         "depth-run=agdepth.runtime.cli:main",
+        "depth-bench=agdepth.bench.cli:main",
     ]},
 )

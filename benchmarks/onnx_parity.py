@@ -1,5 +1,8 @@
 """ONNX Runtime fp32 / fp16 against PyTorch for a checkpoint, end to end on procedural test scenes, plus latency.
 
+The accuracy part is ``depth-bench parity``'s end-to-end comparison (:mod:`agdepth.bench.parity`); this script adds
+the single-image latency of each backend.
+
     python benchmarks/onnx_parity.py --engines engines --count 10 \
         --json benchmarks/results/onnx_parity.json --md benchmarks/results/onnx_parity.md
 
@@ -21,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from agdepth import default_checkpoint
+from agdepth.bench.parity import compare_end_to_end
 from agdepth.data.procedural import DOMAINS, render_scene
 from agdepth.machine import machine_info, package_versions, report_header
-from agdepth.metrics import backend_agreement
 from agdepth.runtime import DepthPipeline
 
 
@@ -39,24 +42,16 @@ def main() -> None:
     args = ap.parse_args()
 
     ckpt = args.checkpoint or default_checkpoint()
+    settings = [tuple(int(v) for v in s.split("x")) for s in args.settings.split(",")]
+    rows = [r for r in compare_end_to_end(args.engines, ckpt, args.count, settings, log=lambda s: None)
+            if r["backend"] != "pytorch-fp32"]
+    for r in rows:
+        r["backend"] = {"onnxruntime-fp32": "ONNX Runtime fp32", "onnxruntime-fp16": "ONNX Runtime fp16"}[r["backend"]]
+        print(json.dumps(r), flush=True)
     pipes = {"PyTorch fp32": DepthPipeline.from_checkpoint(ckpt),
              "ONNX Runtime fp32": DepthPipeline.from_engine(args.engines / "unet.onnx"),
              "ONNX Runtime fp16": DepthPipeline.from_engine(args.engines / "unet.fp16.onnx")}
-    images = [render_scene(d, i, size=(240, 320), split="test").rgb for d in DOMAINS for i in range(args.count)]
-    rows = []
-    for setting in args.settings.split(","):
-        steps, ens = (int(v) for v in setting.split("x"))
-        depth = {name: p(images, steps=steps, ensemble=ens, timestep_spacing="trailing", seed=0, batch_size=10).depth
-                 for name, p in pipes.items()}
-        ref = depth["PyTorch fp32"]
-        for name in list(pipes)[1:]:
-            per = [backend_agreement(a, b) for a, b in zip(depth[name], ref, strict=True)]
-            rows.append({"setting": f"{steps}x{ens} trailing", "backend": name,
-                         "abs_rel": float(np.mean([m["abs_rel"] for m in per])),
-                         "delta1": float(np.mean([m["delta1"] for m in per])),
-                         "max_abs": float(max(m["max_abs"] for m in per)),
-                         "finite": bool(np.isfinite(depth[name]).all())})
-            print(json.dumps(rows[-1]), flush=True)
+    images = [render_scene("indoor", 0, size=(240, 320), split="test").rgb]
     latency = {}
     for name, p in pipes.items():  # one image, the checkpoint's default settings; median of interleaved repeats
         p(images[0], seed=0)
@@ -67,15 +62,16 @@ def main() -> None:
         "machine": machine_info(),
         "versions": package_versions(("torch", "onnx", "onnxruntime", "onnxslim", "diffusers")),
         "checkpoint": str(ckpt.name if args.checkpoint is None else ckpt),
-        "images": len(images), "size": [240, 320], "rows": rows, "single_image_seconds": latency,
+        "images": len(DOMAINS) * args.count, "size": [240, 320], "rows": rows, "single_image_seconds": latency,
     }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# ONNX Runtime against PyTorch (end to end)", "", *report_header(report), "",
-        f"{len(images)} procedural test scenes (320×240, {args.count} per domain: {', '.join(DOMAINS)}), same seed on "
-        "every backend; the PyTorch fp32 depth map is the reference. AbsRel and δ1 (%) on pixels where the reference "
-        "is > 0.01 (no alignment); max |Δ| over all pixels (depth in [0, 1]).", "",
+        f"{len(DOMAINS) * args.count} procedural test scenes (320×240, {args.count} per domain: "
+        f"{', '.join(DOMAINS)}), same seed on every backend; the PyTorch fp32 depth map is the reference. AbsRel "
+        "and δ1 (%) on pixels where the reference is > 0.01 (no alignment); max |Δ| over all pixels "
+        "(depth in [0, 1]).", "",
         "| setting | backend | AbsRel % | δ1 % | max abs diff | finite |", "|---|---|---|---|---|---|",
         *(f"| {r['setting']} | {r['backend']} | {100 * r['abs_rel']:.4f} | {100 * r['delta1']:.2f} | "
           f"{r['max_abs']:.1e} | {r['finite']} |" for r in rows),

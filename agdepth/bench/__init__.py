@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the package (``depth-bench``): backend parity now; latency and the frontier to come."""
