@@ -165,3 +165,19 @@ def test_default_batching_follows_the_exported_max_batch(engines: Path) -> None:
     assert out.shape == (12, 40, 56) and np.abs(out - chunked).max() <= 1e-6
     with pytest.raises(ValueError, match=r"batch 12 outside \[1, 10\]"):
         pipe(images, ensemble=1, latents=lat, batch_size=12)
+
+
+def test_fp16_overflow_is_detected_and_the_decoder_falls_back_to_fp32(engines: Path) -> None:
+    from agdepth.runtime.backends import NonFiniteOutputError
+    from agdepth.runtime.backends.onnx_backend import OnnxBackend
+
+    z = torch.full((1, 4, 8, 8), 3e4)  # fp16 activations overflow on this latent; fp32 stays finite
+    fp32 = OnnxBackend(engines, "fp32").decode(z)
+    assert torch.isfinite(fp32).all()
+    assert not torch.isfinite(OnnxBackend(engines, "fp16").decode(z)).all()  # unchecked: the overflow shows
+    checked = OnnxBackend(engines, "fp16", check_finite=True)
+    torch.testing.assert_close(checked.decode(z), fp32)
+    assert checked.fallbacks == 1
+    strict = OnnxBackend(engines, "fp16", check_finite=True, fp32_decoder_fallback=False)
+    with pytest.raises(NonFiniteOutputError, match=r"vae_decoder \(fp16\) returned NaN/Inf"):
+        strict.decode(z)

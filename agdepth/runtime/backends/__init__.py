@@ -127,6 +127,10 @@ class DepthBackend(Protocol):
         ...
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A network returned NaN/Inf (typically an fp16 overflow)."""
+
+
 class BackendBase:
     """The settings half of :class:`DepthBackend`, shared by the concrete backends: they set these attributes and
     implement ``encode``/``denoise``/``decode``. ``_shapes`` (a :class:`agdepth.networks.ShapeRange`) limits the calls
@@ -173,4 +177,4 @@ class BackendBase:
             self._shapes.check(batch, height, width)
 
 
-__all__ = ["BackendBase", "DepthBackend", "RuntimeDefaults"]
+__all__ = ["BackendBase", "DepthBackend", "NonFiniteOutputError", "RuntimeDefaults"]

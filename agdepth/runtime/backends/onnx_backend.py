@@ -13,7 +13,7 @@ import torch
 
 from agdepth.export import Manifest
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
-from agdepth.runtime.backends import BackendBase, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
 
@@ -28,7 +28,10 @@ class OnnxBackend(BackendBase):
     """:class:`agdepth.runtime.backends.DepthBackend` over ONNX Runtime sessions (float32 I/O on the CPU side)."""
 
     def __init__(self, manifest: Manifest | str | Path, precision: str = "fp32", providers: list[str] | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, check_finite: bool = False, fp32_decoder_fallback: bool = True) -> None:
+        """``check_finite``: test every output for NaN/Inf (fp16 overflow). On a non-finite fp16 VAE decoder output
+        the call is redone with the fp32 decoder graph when ``fp32_decoder_fallback`` (the decoder is where SD's VAE
+        overflows in fp16), else :class:`NonFiniteOutputError` names the network."""
         import onnxruntime as ort
 
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
@@ -48,8 +51,10 @@ class OnnxBackend(BackendBase):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
-        self.sessions = {name: ort.InferenceSession(str(m.path(name, precision)), sess_options=opts,
-                                                    providers=self.providers) for name in self.specs}
+        self._opts = opts
+        self.sessions = {name: self._session(name, precision) for name in self.specs}
+        self.check_finite, self.fp32_decoder_fallback = check_finite, fp32_decoder_fallback
+        self.fallbacks = 0  # decoder calls redone in fp32
         self._emb = torch.from_numpy(emb).float()
         self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
         self._defaults = RuntimeDefaults(**m.data["defaults"])
@@ -70,11 +75,27 @@ class OnnxBackend(BackendBase):
 
     # ------------------------------------------------------------------ DepthBackend (settings: BackendBase)
 
+    def _session(self, name: str, precision: str):  # -> onnxruntime.InferenceSession
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(self.manifest.path(name, precision)), sess_options=self._opts,
+                                    providers=self.providers)
+
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec = self.specs[name]
         feeds = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(spec.input_names, inputs,
                                                                                  strict=True)}
-        return torch.from_numpy(self.sessions[name].run(spec.output_names, feeds)[0])
+        out = self.sessions[name].run(spec.output_names, feeds)[0]
+        if self.check_finite and not np.isfinite(out).all():
+            if name == "vae_decoder" and self.precision == "fp16" and self.fp32_decoder_fallback:
+                if "vae_decoder_fp32" not in self.sessions:
+                    self.sessions["vae_decoder_fp32"] = self._session(name, "fp32")
+                self.fallbacks += 1
+                out = self.sessions["vae_decoder_fp32"].run(spec.output_names, feeds)[0]
+            else:
+                raise NonFiniteOutputError(f"{name} ({self.precision}) returned NaN/Inf for input shapes "
+                                           f"{[tuple(v.shape) for v in feeds.values()]}")
+        return torch.from_numpy(out)
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         return self._run("vae_encoder", rgb.float())

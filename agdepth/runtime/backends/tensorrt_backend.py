@@ -21,7 +21,7 @@ import torch
 from agdepth.export import Manifest
 from agdepth.export.tensorrt_build import TensorRTStatus, tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
-from agdepth.runtime.backends import BackendBase, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
 
@@ -44,7 +44,8 @@ def check_engines(info: dict[str, Any] | None, status: TensorRTStatus, where: st
 class TensorRTBackend(BackendBase):
     """:class:`agdepth.runtime.backends.DepthBackend` over TensorRT engines (float32 I/O, fp16 inside)."""
 
-    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda") -> None:
+    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda", check_finite: bool = False
+                 ) -> None:
         status = tensorrt_status()
         if not status.available:  # before touching anything else: the one line a user without TensorRT needs
             raise RuntimeError(f"cannot run TensorRT engines here: {status.reason}")
@@ -85,6 +86,7 @@ class TensorRTBackend(BackendBase):
                               for name, engine in self.engines.items()}
         self._outputs: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._stream = torch.cuda.Stream(device=self._device)
+        self.check_finite = check_finite  # NaN/Inf in any output raises (fp32 decoder engine fallback: not yet)
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
@@ -106,6 +108,8 @@ class TensorRTBackend(BackendBase):
         if not ctx.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"{name}: TensorRT execution failed")
         torch.cuda.current_stream(self._device).wait_stream(self._stream)
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            raise NonFiniteOutputError(f"{name} (TensorRT) returned NaN/Inf for output shape {shape}")
         # the buffer is reused by the next call of this shape: hand out a copy
         return out.float().clone()
 
