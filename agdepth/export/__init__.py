@@ -226,9 +226,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
 
 
 def _build_from_manifest(manifest: Manifest, progress: Callable[[str], None]) -> dict[str, Any]:
-    from agdepth.export.tensorrt_build import build_engines
+    from agdepth.export.tensorrt_build import FALLBACK_DECODER, build_engines
 
     onnx_files = {name: manifest.path(name, "fp16") for name in NETWORK_NAMES}
+    onnx_files[FALLBACK_DECODER] = manifest.path("vae_decoder", "fp32")  # for fp16 overflows at run time
     return build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
                          tuple(manifest.data["empty_text_embedding"]["shape"]), manifest.shapes, progress=progress)
 

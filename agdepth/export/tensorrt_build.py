@@ -63,10 +63,15 @@ def profiles(vae_scale_factor: int, embedding_shape: tuple[int, ...], shapes: Sh
     return {name: specs[name].profile(shapes) for name in NETWORK_NAMES}
 
 
+FALLBACK_DECODER = "vae_decoder_fp32"  # the fp32 decoder engine, used when the fp16 one overflows
+
+
 def build_engines(engines_dir: Path, onnx_files: dict[str, Path], vae_scale_factor: int,
                   embedding_shape: tuple[int, ...], shapes: ShapeRange, optimization_level: int = 3,
                   progress: Any = print) -> dict[str, Any]:
-    """Build and save one engine per network; returns the manifest's ``tensorrt`` entry. Needs TensorRT + CUDA."""
+    """Build and save one engine per entry of ``onnx_files`` (the three networks' fp16 graphs, and optionally
+    :data:`FALLBACK_DECODER` -> the fp32 decoder graph); returns the manifest's ``tensorrt`` entry.
+    Needs TensorRT and a CUDA device."""
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
 
@@ -76,12 +81,15 @@ def build_engines(engines_dir: Path, onnx_files: dict[str, Path], vae_scale_fact
     assert status.version is not None and status.gpu is not None
     cache = engines_dir / TIMING_CACHE
     files = {}
-    for name, prof in profiles(vae_scale_factor, embedding_shape, shapes).items():
+    profs = profiles(vae_scale_factor, embedding_shape, shapes)
+    profs[FALLBACK_DECODER] = profs["vae_decoder"]
+    for name, onnx_path in onnx_files.items():
+        prof = profs[name]
         profile = Profile()
         for tensor, (mn, opt, mx) in prof.items():
             profile.add(tensor, min=mn, opt=opt, max=mx)
         # GroupNorm arrives as InstanceNormalization: the native implementation, not the legacy plugin
-        network = network_from_onnx_path(str(onnx_files[name]), flags=[trt.OnnxParserFlag.NATIVE_INSTANCENORM],
+        network = network_from_onnx_path(str(onnx_path), flags=[trt.OnnxParserFlag.NATIVE_INSTANCENORM],
                                          strongly_typed=True)
         config = CreateConfig(profiles=[profile], builder_optimization_level=optimization_level,
                               load_timing_cache=str(cache) if cache.is_file() else None)

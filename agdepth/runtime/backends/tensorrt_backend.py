@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from agdepth.export import Manifest
-from agdepth.export.tensorrt_build import TensorRTStatus, tensorrt_status
+from agdepth.export.tensorrt_build import FALLBACK_DECODER, TensorRTStatus, tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
@@ -67,13 +67,19 @@ class TensorRTBackend(BackendBase):
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         self.engines: dict[str, trt.ICudaEngine] = {}
-        for name in NETWORK_NAMES:
+        for name in (*NETWORK_NAMES, FALLBACK_DECODER):
+            if name not in info["files"]:
+                if name == FALLBACK_DECODER:
+                    continue  # optional
+                raise FileNotFoundError(f"{m.root / 'manifest.json'} lists no {name} engine")
             path = m.root / info["files"][name]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (listed in {m.root / 'manifest.json'})")
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise RuntimeError(f"{path}: TensorRT could not deserialise this engine")
             self.engines[name] = engine
-        # one scratch block for all three contexts (they run one after another on one stream)
+        # one scratch block for all contexts (they run one after another on one stream)
         size = max(e.device_memory_size_v2 for e in self.engines.values())
         self._scratch = torch.empty(size, dtype=torch.uint8, device=self._device)
         self.contexts: dict[str, trt.IExecutionContext] = {}
@@ -81,12 +87,14 @@ class TensorRTBackend(BackendBase):
             ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             ctx.set_device_memory(self._scratch.data_ptr(), size)
             self.contexts[name] = ctx
+        self.specs[FALLBACK_DECODER] = self.specs["vae_decoder"]
         self._torch_dtypes = {name: {t: _torch_dtype(engine.get_tensor_dtype(t)) for t in
                                      (*self.specs[name].input_names, *self.specs[name].output_names)}
                               for name, engine in self.engines.items()}
+        self.fallbacks = 0  # decoder calls redone with the fp32 engine
         self._outputs: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._stream = torch.cuda.Stream(device=self._device)
-        self.check_finite = check_finite  # NaN/Inf in any output raises (fp32 decoder engine fallback: not yet)
+        self.check_finite = check_finite  # NaN/Inf: the fp32 decoder engine for the decoder, else an error
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
@@ -109,6 +117,9 @@ class TensorRTBackend(BackendBase):
             raise RuntimeError(f"{name}: TensorRT execution failed")
         torch.cuda.current_stream(self._device).wait_stream(self._stream)
         if self.check_finite and not bool(torch.isfinite(out).all()):
+            if name == "vae_decoder" and FALLBACK_DECODER in self.contexts:
+                self.fallbacks += 1
+                return self._run(FALLBACK_DECODER, *inputs)
             raise NonFiniteOutputError(f"{name} (TensorRT) returned NaN/Inf for output shape {shape}")
         # the buffer is reused by the next call of this shape: hand out a copy
         return out.float().clone()
