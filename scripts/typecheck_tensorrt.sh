@@ -25,4 +25,4 @@ if [ ! -d "$stubs/tensorrt_bindings" ]; then
   sed -i -E '/^(import|from) tensorrt_libs/d' "$stubs/tensorrt/__init__.pyi"
 fi
 MYPYPATH="$stubs" "$venv/bin/mypy" --config-file scripts/mypy-tensorrt.ini agdepth/export/tensorrt_build.py \
-  agdepth/runtime/backends/tensorrt_backend.py
+  agdepth/runtime/backends/tensorrt_backend.py agdepth/bench/parity.py

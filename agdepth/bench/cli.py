@@ -30,7 +30,8 @@ def main() -> None:
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def parity(engines: Path, checkpoint: Path | None, count: int, settings: str, json_path: Path | None,
            md_path: Path | None) -> None:
-    """Compare PyTorch fp32 with ONNX Runtime fp32 / fp16 (TensorRT is not compared yet)."""
+    """Compare PyTorch fp32 with ONNX Runtime fp32 / fp16, and TensorRT when the manifest has engines for this
+    machine's TensorRT and GPU."""
     from agdepth import default_checkpoint
     from agdepth.bench.parity import ParityReport, compare_end_to_end, compare_networks
     from agdepth.export import Manifest

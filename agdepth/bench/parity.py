@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agdepth.export import Manifest
+from agdepth.export.tensorrt_build import tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, describe_networks, torch_modules
 
 # pass/fail thresholds of the network comparison (the bundled model's fp16 graphs reach 58-69 dB, fp32 126-135 dB)
@@ -87,12 +88,19 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
     from polygraphy.comparator.compare import CosineSimilarityCompareFunc, SnrCompareFunc
     from polygraphy.logger import G_LOGGER
 
+    from agdepth.runtime.backends.tensorrt_backend import check_engines
+
     G_LOGGER.module_severity = G_LOGGER.ERROR  # our table says it; Polygraphy's per-output logs would bury it
     emb_shape = manifest.embedding().shape
     f = int(manifest.data["vae_scale_factor"])
     specs = describe_networks(f, emb_shape[1], emb_shape[2])
     modules = torch_modules(UNet2DConditionModel.from_pretrained(checkpoint / "unet"),
                             AutoencoderKL.from_pretrained(checkpoint / "vae"))
+    # TensorRT joins when the manifest has engines and this machine can run them (checked like the backend does)
+    trt_info = manifest.data.get("tensorrt")
+    trt_files = trt_info["files"] if trt_info and tensorrt_status().available else None
+    if trt_files:
+        check_engines(trt_info, tensorrt_status(), str(manifest.root / "manifest.json"))
     r = manifest.shapes
     shapes = [(r.opt_batch, r.opt_resolution, r.opt_resolution),
               (r.min_batch, r.min_resolution, min(2 * r.min_resolution, r.max_resolution))]
@@ -104,10 +112,16 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
         runners = [_torch_runner(modules[name], spec, "pytorch-fp32")]
         for prec in manifest.precisions:
             runners.append(OnnxrtRunner(SessionFromOnnx(str(manifest.path(name, prec))), name=f"onnxruntime-{prec}"))
+        if trt_files:
+            from polygraphy.backend.common import BytesFromPath
+            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+            runners.append(TrtRunner(EngineFromBytes(BytesFromPath(str(manifest.root / trt_files[name]))),
+                                     name="tensorrt-fp16"))
         results = Comparator.run(runners, data_loader=feeds)
         for i in range(1, len(runners)):
             runner_name, iterations = results[i]
-            prec = runner_name.rsplit("-", 1)[-1]
+            prec = "tensorrt" if runner_name.startswith("tensorrt") else runner_name.rsplit("-", 1)[-1]
             ok = all(bool(Comparator.compare_accuracy(results, comparisons=[(0, i)], compare_func=func))
                      for func in (SnrCompareFunc(snr_threshold=SNR_DB[prec]),
                                   CosineSimilarityCompareFunc(cosine_similarity_threshold=COSINE[prec])))
@@ -135,6 +149,10 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
 
         # NaN/Inf checks on (an fp16 decoder overflow is redone in fp32 and counted in the row)
         pipes[f"onnxruntime-{prec}"] = DepthPipeline(OnnxBackend(manifest, prec, check_finite=True))
+    if manifest.data.get("tensorrt") and tensorrt_status().available:
+        from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        pipes["tensorrt-fp16"] = DepthPipeline(TensorRTBackend(manifest, check_finite=True))
     images = [render_scene(d, i, size=(240, 320), split="test").rgb for d in DOMAINS for i in range(count)]
     rows = []
     for steps, ens in settings:
