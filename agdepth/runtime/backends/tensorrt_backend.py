@@ -7,9 +7,11 @@
 - I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
   stream; output buffers are allocated per shape and reused.
 - Shapes outside the engines' profile are refused before any work (:meth:`BackendBase.check_shapes`).
+- CUDA graphs for the U-Net step when the engines are static (``depth-export --static``): captured after a warm-up
+  call, replayed every step.
 
 NOT RUN in this project's development environment (no TensorRT, no GPU); checked by mypy against tensorrt-stubs
-(``make typecheck``). CUDA graph capture of the U-Net step is not implemented yet.
+(``make typecheck``).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def check_engines(info: dict[str, Any] | None, status: TensorRTStatus, where: st
 class TensorRTBackend(BackendBase):
     """:class:`agdepth.runtime.backends.DepthBackend` over TensorRT engines (float32 I/O, fp16 inside)."""
 
-    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda", check_finite: bool = False
-                 ) -> None:
+    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda", check_finite: bool = False,
+                 cuda_graphs: bool = True) -> None:
         status = tensorrt_status()
         if not status.available:  # before touching anything else: the one line a user without TensorRT needs
             raise RuntimeError(f"cannot run TensorRT engines here: {status.reason}")
@@ -95,8 +97,48 @@ class TensorRTBackend(BackendBase):
         self._outputs: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._stream = torch.cuda.Stream(device=self._device)
         self.check_finite = check_finite  # NaN/Inf: the fp32 decoder engine for the decoder, else an error
+        # CUDA graphs need one fixed shape: only for engines built with `depth-export --static`
+        r = self._shapes
+        self.cuda_graphs = cuda_graphs and r.min_batch == r.max_batch and r.min_resolution == r.max_resolution
+        self._graphed: dict[str, dict[str, Any]] = {}
+
+    def _run_graphed(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        """Static shapes: inputs are copied into persistent buffers whose addresses the context keeps; the first call
+        runs eagerly (TensorRT's warm-up), the second captures a CUDA graph on the backend's stream, later calls
+        replay it."""
+        spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
+        st = self._graphed.get(name)
+        if st is None:
+            bufs = [torch.empty(tuple(t.shape), dtype=dtypes[n], device=self._device)
+                    for n, t in zip(spec.input_names, inputs, strict=True)]
+            for n, b in zip(spec.input_names, bufs, strict=True):
+                if not ctx.set_input_shape(n, tuple(b.shape)):
+                    raise ValueError(f"{name}: shape {tuple(b.shape)} of {n!r} is not the engine's static shape")
+                ctx.set_tensor_address(n, b.data_ptr())
+            (oname,) = spec.output_names
+            dims = ctx.get_tensor_shape(oname)
+            out = torch.empty(tuple(int(dims[i]) for i in range(len(dims))), dtype=dtypes[oname], device=self._device)
+            ctx.set_tensor_address(oname, out.data_ptr())
+            st = self._graphed[name] = {"inputs": bufs, "out": out, "graph": None}
+        for b, t in zip(st["inputs"], inputs, strict=True):
+            b.copy_(t)
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        if st["graph"] is not None:
+            with torch.cuda.stream(self._stream):
+                st["graph"].replay()
+        else:
+            if not ctx.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError(f"{name}: TensorRT execution failed")
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._stream):
+                ctx.execute_async_v3(self._stream.cuda_stream)
+            st["graph"] = graph
+        torch.cuda.current_stream(self._device).wait_stream(self._stream)
+        return st["out"].float().clone()
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        if name == "unet" and self.cuda_graphs:
+            return self._run_graphed(name, *inputs)
         spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
         keep = []  # inputs stay alive until the stream has consumed them
         for tname, t in zip(spec.input_names, inputs, strict=True):
