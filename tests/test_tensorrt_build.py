@@ -102,3 +102,40 @@ def test_plan_engine_without_tensorrt_is_one_clear_error(tmp_path: Path, monkeyp
     _stubs_on_path(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="cannot run TensorRT engines here: the installed `tensorrt` package"):
         DepthPipeline.from_engine(tmp_path / "unet.trt10.13.0.gpu.plan")
+
+
+@pytest.mark.parametrize("backend_module,cls", [("agdepth.runtime.backends.tensorrt_backend", "TensorRTBackend"),
+                                                ("agdepth.runtime.backends.onnx_backend", "OnnxBackend"),
+                                                ("agdepth.runtime.backends.torch_backend", "TorchBackend")])
+def test_backends_implement_the_interface(backend_module: str, cls: str) -> None:
+    # the interface contract, checked on the classes (nothing is run): every member the pipeline uses exists, and the
+    # three network calls take the protocol's parameters in its order
+    import importlib
+    import inspect
+
+    from agdepth.runtime.backends import DepthBackend
+
+    impl = getattr(importlib.import_module(backend_module), cls)
+    members = [m for m in dir(DepthBackend) if not m.startswith("_")]
+    assert members and all(hasattr(impl, m) for m in members), [m for m in members if not hasattr(impl, m)]
+    for call in ("encode", "denoise", "decode", "check_shapes"):
+        want = list(inspect.signature(getattr(DepthBackend, call)).parameters)
+        assert list(inspect.signature(getattr(impl, call)).parameters) == want, (cls, call)
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    import json
+
+    from agdepth.export import Manifest
+
+    r = ShapeRange.for_model(4, max_resolution=256, opt_resolution=96, max_batch=10)
+    assert ShapeRange.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    data = {"format": "agdepth-engines/1", "shapes": r.to_dict(), "networks": {"fp32": {}},
+            "tensorrt": {"version": "10.13.0", "gpu": "NVIDIA GeForce RTX 3090",
+                         "files": {"unet": engine_file("unet", "10.13.0", "NVIDIA GeForce RTX 3090")}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    m = Manifest.load(tmp_path)
+    assert m.data == data and m.shapes == r
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "format": "other/9"}))
+    with pytest.raises(ValueError, match="unsupported manifest format 'other/9'"):
+        Manifest.load(tmp_path)
