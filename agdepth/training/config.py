@@ -55,6 +55,9 @@ class StageConfig:
     # unet stage: the pixel-space terms (BerHu, GM, feature) on the first N samples of each micro-batch, 0 = all.
     # Decoding through the VAE dominates a step's cost; L_v always uses the whole batch.
     pixel_batch: int = 0
+    # unet stage: random zoom-in crops (side scale in [random_crop, 1]) of each sample, None = off
+    # (agdepth.training.augment); makes every sample new, so the latent memo no longer saves encodes
+    random_crop: float | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from agdepth.models import (
     load_sd2,
     tiny_empty_text_embedding,
 )
+from agdepth.training.augment import random_zoom_crop
 from agdepth.training.config import StageConfig, TrainConfig
 from agdepth.training.depth_autoencoder import DepthAutoencoder, autoencoder_loss
 from agdepth.training.losses import berhu_loss, combine_losses, feature_loss, gradient_matching_loss, v_loss
@@ -261,6 +262,8 @@ class UNetStage(Stage):
         return self._encode(stack_to_rgb(normalize_depth(depth_valid[:, :1], depth_valid[:, 1:].bool())))
 
     def forward_loss(self, unet: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        if self.scfg.random_crop is not None:
+            batch = random_zoom_crop(batch, self.scfg.random_crop, gen)
         rgb, valid = batch["rgb"], batch["valid"]
         rgb_latent = self.rgb_memo(rgb)
         depth_latent = self.depth_memo(torch.cat([batch["depth"], valid.to(batch["depth"].dtype)], dim=1))
