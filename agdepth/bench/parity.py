@@ -143,10 +143,10 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
     from agdepth.runtime import DepthPipeline
 
     manifest = Manifest.load(engines)
+    from agdepth.runtime.backends.onnx_backend import OnnxBackend
+
     pipes = {"pytorch-fp32": DepthPipeline.from_checkpoint(checkpoint)}
     for prec in manifest.precisions:
-        from agdepth.runtime.backends.onnx_backend import OnnxBackend
-
         # NaN/Inf checks on (an fp16 decoder overflow is redone in fp32 and counted in the row)
         pipes[f"onnxruntime-{prec}"] = DepthPipeline(OnnxBackend(manifest, prec, check_finite=True))
     if manifest.data.get("tensorrt") and tensorrt_status().available:

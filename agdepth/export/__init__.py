@@ -127,6 +127,11 @@ class Manifest:
         return np.load(self.root / self.data["empty_text_embedding"]["file"])
 
 
+def _write_manifest(root: Path, data: dict[str, Any]) -> None:
+    # written once the graphs exist, then again as the engines and the fp16 check add their entries
+    (root / MANIFEST).write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
                       progress: Callable[[str], None] = print) -> Manifest:
     """Export, clean, (fp16-convert,) validate and describe the checkpoint's networks in ``out_dir``.
@@ -212,14 +217,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             "versions": library_versions(),
             **opts.extra,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+        _write_manifest(tmp, manifest)
         if opts.fp16 and opts.engines and tensorrt_status().available:
             manifest["tensorrt"] = _build_from_manifest(Manifest(tmp, manifest), progress)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+            _write_manifest(tmp, manifest)
         if opts.fp16:
             progress("[fp16] end-to-end check against fp32 ...")
             manifest["fp16_check"] = fp16_depth_check(Manifest(tmp, manifest), checkpoint, opts.fp16_tolerance)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n", encoding="utf-8")
+            _write_manifest(tmp, manifest)
             progress(f"[fp16] depth AbsRel vs fp32 {manifest['fp16_check']['abs_rel']:.2e} "
                      f"(tolerance {opts.fp16_tolerance:.0e}), outputs finite")
     return Manifest(out_dir, manifest)
@@ -241,7 +246,7 @@ def build_engines_only(engines_dir: str | Path, progress: Callable[[str], None] 
     if "fp16" not in manifest.precisions:
         raise ValueError(f"{manifest.root}: TensorRT engines are built from the fp16 graphs: re-export with --fp16")
     manifest.data["tensorrt"] = _build_from_manifest(manifest, progress)
-    (manifest.root / MANIFEST).write_text(json.dumps(manifest.data, indent=2, default=float) + "\n", encoding="utf-8")
+    _write_manifest(manifest.root, manifest.data)
     return manifest
 
 

@@ -92,8 +92,9 @@ class VAEStage(Stage):
         x = torch.cat([rgb, depth])
         posterior = vae.encode(x).latent_dist
         z = posterior.mean
-        zd = z.detach().double()
-        self._latent_moments.append((zd.numel(), zd.sum().item(), (zd**2).sum().item()))
+        if self.scfg.calibrate_scaling_factor:  # two host syncs per step: only when the factor is wanted
+            zd = z.detach().double()
+            self._latent_moments.append((zd.numel(), zd.sum().item(), (zd**2).sum().item()))
         if self.scfg.sample_posterior:
             z = z + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x)
         recon = vae.decode(z).sample

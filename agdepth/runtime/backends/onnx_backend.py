@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from agdepth.export import Manifest
+from agdepth.export.onnx_export import onnx_session
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
@@ -32,7 +33,6 @@ class OnnxBackend(BackendBase):
         """``check_finite``: test every output for NaN/Inf (fp16 overflow). On a non-finite fp16 VAE decoder output
         the call is redone with the fp32 decoder graph when ``fp32_decoder_fallback`` (the decoder is where SD's VAE
         overflows in fp16), else :class:`NonFiniteOutputError` names the network."""
-        import onnxruntime as ort
 
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         m = self.manifest
@@ -44,14 +44,7 @@ class OnnxBackend(BackendBase):
         self._f = int(m.data["vae_scale_factor"])
         self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])
         self._check_manifest_io()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # idle workers must not busy-wait: the DDIM update, resizing and ensembling between calls run in PyTorch on
-        # the same cores (spinning made preprocessing ~80x slower on 2 cores)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            opts.intra_op_num_threads = threads
-        self._opts = opts
+        self._threads = threads
         self.sessions = {name: self._session(name, precision) for name in self.specs}
         self.check_finite, self.fp32_decoder_fallback = check_finite, fp32_decoder_fallback
         self.fallbacks = 0  # decoder calls redone in fp32
@@ -76,10 +69,7 @@ class OnnxBackend(BackendBase):
     # ------------------------------------------------------------------ DepthBackend (settings: BackendBase)
 
     def _session(self, name: str, precision: str):  # -> onnxruntime.InferenceSession
-        import onnxruntime as ort
-
-        return ort.InferenceSession(str(self.manifest.path(name, precision)), sess_options=self._opts,
-                                    providers=self.providers)
+        return onnx_session(self.manifest.path(name, precision), self.providers, self._threads)
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec = self.specs[name]
