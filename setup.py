@@ -50,5 +50,6 @@ setup(
         "depth-export=agdepth.export.cli:main",
         "depth-run=agdepth.runtime.cli:main",
         "depth-bench=agdepth.bench.cli:main",
+        "depth-eval=agdepth.evaluation.cli:main",
     ]},
 )

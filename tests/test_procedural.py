@@ -16,6 +16,7 @@ from agdepth.data.procedural import (
     Light,
     ProceduralDataset,
     _Builder,
+    camera_overrides,
     render_geometry,
     render_scene,
     sample_layout,
@@ -36,7 +37,7 @@ def _light() -> Light:
 
 
 def test_domains_declared() -> None:
-    assert TRAIN_DOMAINS == ("indoor", "street")
+    assert TRAIN_DOMAINS == ("indoor", "street", "shapes")
     assert len(EVAL_DOMAINS) >= 2 and not set(EVAL_DOMAINS) & set(TRAIN_DOMAINS)
     assert set(DOMAINS) == set(TRAIN_DOMAINS + EVAL_DOMAINS) == set(DEPTH_RANGES)
     with pytest.raises(ValueError, match="indoor"):
@@ -124,8 +125,9 @@ def test_street_sky_is_invalid() -> None:
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
 def test_rgb_textured_and_shadowed(domain: str) -> None:
-    lit = render_scene(domain, 2, SIZE)
-    flat = render_scene(domain, 2, SIZE, shadows=False)
+    index = 1 if domain == "shapes" else 2  # floating shapes often cast their shadows out of view (scene 2: 0.1 %)
+    lit = render_scene(domain, index, SIZE)
+    flat = render_scene(domain, index, SIZE, shadows=False)
     assert lit.rgb.shape == (*SIZE, 3) and lit.rgb.dtype == np.uint8
     assert lit.rgb.std() > 10 and len(np.unique(lit.rgb.reshape(-1, 3), axis=0)) > 200
     # shadows only remove light, with identical noise streams: never brighter, visibly darker somewhere
@@ -177,8 +179,9 @@ def test_unseen_domains_differ_from_training() -> None:
         return np.rad2deg(np.mean([lay.camera.hfov for lay in lays])), float(np.median(depth))
 
     fov = {d: stats(d) for d in DOMAINS}
-    assert fov["forest"][0] > max(fov[d][0] for d in TRAIN_DOMAINS) + 5  # wider lenses
-    assert fov["tabletop"][0] < min(fov[d][0] for d in TRAIN_DOMAINS) - 10  # narrow lenses
+    layouts = ("indoor", "street")  # the scene-layout training domains; `shapes` spans every lens on purpose
+    assert fov["forest"][0] > max(fov[d][0] for d in layouts) + 5  # wider lenses
+    assert fov["tabletop"][0] < min(fov[d][0] for d in layouts) - 10  # narrow lenses
     assert fov["tabletop"][1] < 0.5 * min(fov[d][1] for d in TRAIN_DOMAINS)  # close-up scale
     train_tex = {t for d in TRAIN_DOMAINS for names, _, _ in DOMAINS[d].textures.values() for t in names}
     eval_tex = {t for d in EVAL_DOMAINS for names, _, _ in DOMAINS[d].textures.values() for t in names}
@@ -202,3 +205,17 @@ def test_cached_dataset_equals_rendering_and_is_not_aliased() -> None:
         assert all(torch.equal(a[k], b[k]) for k in ("rgb", "depth", "valid"))
         b["depth"].zero_()  # a consumer writing into its sample must not change the cached scene
         assert torch.equal(cached[i]["depth"], a["depth"])
+
+
+def test_camera_overrides_change_only_the_camera() -> None:
+    steep = camera_overrides({"pitch_deg": [-60, -40]})
+    pitches = [np.rad2deg(sample_layout("indoor", i, steep).camera.pitch) for i in range(20)]
+    assert all(-60 <= p <= -40 for p in pitches)
+    a, b = sample_layout("indoor", 7), sample_layout("indoor", 7, steep)
+    assert np.array_equal(a.geo.boxes, b.geo.boxes) and np.array_equal(a.camera.position, b.camera.position)
+    ds = ProceduralDataset(["indoor"], 2, size=SIZE, camera={"pitch_deg": [-60, -40]})
+    assert np.array_equal(ds[1]["depth"][0].numpy(), render_scene("indoor", 1, SIZE, camera=steep).depth)
+    with pytest.raises(ValueError, match="unknown camera field 'tilt'"):
+        camera_overrides({"tilt": [0, 1]})
+    with pytest.raises(ValueError, match="pitch_deg must be a range"):
+        camera_overrides({"pitch_deg": [10, -10]})

@@ -5,8 +5,9 @@ cylinders, spheres), textured with world-space UVs, lit by one light (Lambertian
 Depth is *planar* z (distance along the optical axis) in metres: camera rays are generated with a camera-space
 z component of exactly 1, so the ray parameter of the first hit is the z-depth itself.
 
-Domains: ``indoor`` and ``street`` are for training; ``forest`` and ``tabletop`` are unseen evaluation domains with
-different geometry, camera statistics (FOV, height, pitch) and a disjoint set of texture sources.
+Domains: ``indoor`` and ``street`` (scene layouts) and ``shapes`` (FlyingThings-style textured primitives under any
+camera) are for training; ``forest`` and ``tabletop`` are unseen evaluation domains with different geometry, a
+disjoint set of texture sources, and camera statistics (FOV, height, pitch) unlike the layout domains'.
 
 Seeding: a scene is a pure function of ``(domain, split, index, size)``. The integer scene seed is
 ``SPLIT_BASE[split] + index`` with ``index`` in ``[0, 2**30)``: train uses seeds ``[0, 2**30)``, test
@@ -20,7 +21,8 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -552,6 +554,39 @@ def _build_tabletop(rng: np.random.Generator, spec: DomainSpec) -> Layout:
     return Layout(b.build(), cam, light)
 
 
+def _build_shapes(rng: np.random.Generator, spec: DomainSpec) -> Layout:
+    # FlyingThings-style: textured primitives at random distances in front of a random camera, with an optional
+    # ground and a far backdrop. No room or street layout to memorise, so depth must come from the image itself.
+    b = _Builder(rng, spec)
+    cam = _camera(rng, spec, (0.0, rng.uniform(*spec.height), 0.0), rng.uniform(-np.pi, np.pi))
+    if rng.random() < 0.75:
+        b.plane((0, 1, 0), 0, b.mat("ground", rng.uniform(0.5, 4)))
+    rot, far = cam.rotation(), np.exp(rng.uniform(np.log(4), np.log(60)))
+    back = rot[:, 2] * np.array([1, 0.3, 1])  # backdrop roughly facing the camera, never horizontal
+    back /= np.linalg.norm(back)
+    b.plane(-back, -(back @ cam.position + far), b.mat("backdrop", rng.uniform(1, 6)))
+    tan_h = np.tan(cam.hfov / 2)
+    for _ in range(int(rng.integers(4, 16))):
+        u, v = rng.uniform(-1.1, 1.1, 2) * tan_h
+        ray = rot @ np.array([u, v, 1.0])
+        dist = np.exp(rng.uniform(np.log(0.6), np.log(0.8 * far)))
+        c = cam.position + dist * ray
+        size = dist * tan_h * np.exp(rng.uniform(np.log(0.05), np.log(0.5)))
+        m = b.mat("object", rng.uniform(0.1, 1.0) * size)
+        kind = rng.integers(3)
+        if kind == 0:
+            half = size * rng.uniform(0.3, 1.0, 3)
+            b.box(c - half, c + half, m)
+        elif kind == 1:
+            r = size * rng.uniform(0.2, 0.6)
+            b.cylinder(c[0], c[2], r, c[1] - size, c[1] + size * rng.uniform(0.2, 1.0), m)
+        else:
+            b.sphere(c, size * rng.uniform(0.4, 0.8), m)
+    light = Light(_sun(rng, (10, 80)), intensity=rng.uniform(0.7, 1.2), ambient=rng.uniform(0.15, 0.4))
+    sky = ((0.8, 0.85, 0.9), tuple(rng.uniform([0.3, 0.45, 0.6], [0.6, 0.7, 0.95])))
+    return Layout(b.build(), cam, light, sky)
+
+
 _GREY = (0.85, 0.85, 0.85)
 DOMAINS: dict[str, DomainSpec] = {
     "indoor": DomainSpec(
@@ -567,6 +602,12 @@ DOMAINS: dict[str, DomainSpec] = {
          "building": (("brick", "tiles", "stripes", "text", "camera", "noise"), (0.85, 0.75, 0.65), 0.3),
          "vehicle": (("noise", "checker", "stripes", "coffee"), (0.7, 0.7, 0.75), 0.5),
          "tyre": (("noise",), (0.2, 0.2, 0.2), 0.0), "pole": (("noise",), (0.5, 0.5, 0.5), 0.05)}, _build_street),
+    "shapes": DomainSpec(
+        "shapes", "train", (30, 100), (0.3, 3.0), (-60, 30), 10, 0, (0.05, 80.0),
+        {"ground": (("wood", "tiles", "checker", "noise", "brick"), (0.7, 0.65, 0.55), 0.3),
+         "backdrop": (("noise", "stripes", "brick", "text", "camera"), (0.8, 0.8, 0.8), 0.3),
+         "object": (("wood", "noise", "checker", "coins", "stripes", "tiles", "astronaut", "coffee"), _GREY, 0.5)},
+        _build_shapes),
     "forest": DomainSpec(
         "forest", "eval", (75, 100), (0.4, 1.2), (-8, 15), 6, 30, (0.2, 60.0),
         {"ground": (("grass", "gravel", "leaves"), (0.55, 0.65, 0.35), 0.15),
@@ -578,7 +619,8 @@ DOMAINS: dict[str, DomainSpec] = {
          "table": (("marble", "bark", "gravel"), (0.8, 0.7, 0.6), 0.2),
          "object": (("chelsea", "rocket", "cells", "marble", "leaves", "grass"), _GREY, 0.5)}, _build_tabletop),
 }
-TRAIN_DOMAINS: tuple[str, ...] = ("indoor", "street")
+TRAIN_DOMAINS: tuple[str, ...] = ("indoor", "street", "shapes")
+DEFAULT_SOURCE_DOMAINS: tuple[str, ...] = ("indoor", "street")  # a training source that names no domains
 EVAL_DOMAINS: tuple[str, ...] = ("forest", "tabletop")
 DEPTH_RANGES: dict[str, tuple[float, float]] = {k: v.depth_range for k, v in DOMAINS.items()}
 
@@ -603,18 +645,49 @@ def scene_seed(split: str, index: int) -> int:
     return SPLIT_BASE[split] + int(index)
 
 
-def sample_layout(domain: str, seed: int) -> Layout:
-    """Geometry, camera and light of a scene (before rendering); useful for inspecting camera statistics."""
+CAMERA_FIELDS = ("hfov_deg", "height", "pitch_deg", "roll_deg", "yaw_deg")
+CameraOverrides = tuple[tuple[str, "float | tuple[float, float]"], ...]
+
+
+def camera_overrides(camera: dict[str, Any] | None) -> CameraOverrides | None:
+    """Validate ``{field: value}`` replacements of a domain's camera statistics (see DomainSpec) into the hashable
+    form that ``sample_layout`` takes; ranges are (low, high), roll_deg and yaw_deg are a maximum |angle|."""
+    if not camera:
+        return None
+    out: list[tuple[str, float | tuple[float, float]]] = []
+    for name, value in sorted(camera.items()):
+        if name not in CAMERA_FIELDS:
+            raise ValueError(f"unknown camera field {name!r}; valid fields: {', '.join(CAMERA_FIELDS)}")
+        if name in ("roll_deg", "yaw_deg"):
+            out.append((name, float(value)))
+            continue
+        lo, hi = (float(v) for v in value)
+        limit = {"hfov_deg": (0, 180), "pitch_deg": (-90, 90), "height": (0, float("inf"))}[name]
+        if not limit[0] < lo <= hi < limit[1]:
+            raise ValueError(f"camera {name} must be a range (low, high) inside {limit}, got {value}")
+        out.append((name, (lo, hi)))
+    return tuple(out)
+
+
+def sample_layout(domain: str, seed: int, camera: CameraOverrides | None = None) -> Layout:
+    """Geometry, camera and light of a scene (before rendering); useful for inspecting camera statistics.
+
+    ``camera`` (from ``camera_overrides``) replaces some of the domain's camera statistics; the random draws stay
+    the same, so a scene keeps its geometry and only the camera changes.
+    """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
-    return DOMAINS[domain].build(np.random.default_rng([zlib.crc32(domain.encode()), seed]), DOMAINS[domain])
+    spec = DOMAINS[domain] if not camera else replace(DOMAINS[domain], **dict(camera))
+    return spec.build(np.random.default_rng([zlib.crc32(domain.encode()), seed]), spec)
 
 
 def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), split: str = "train", *,
-                 shadows: bool = True) -> Scene:
-    """Render scene ``index`` of ``domain``/``split`` at size (H, W); a deterministic function of its arguments."""
+                 shadows: bool = True, camera: CameraOverrides | None = None) -> Scene:
+    """Render scene ``index`` of ``domain``/``split`` at size (H, W); a deterministic function of its arguments.
+
+    ``camera``: see ``sample_layout``."""
     seed = scene_seed(split, index)
-    lay = sample_layout(domain, seed)  # raises ValueError for unknown domains
+    lay = sample_layout(domain, seed, camera)  # raises ValueError for unknown domains
     out = render_geometry(lay.geo, lay.camera, size, lay.light, shadows=shadows, sky=lay.sky, fog=lay.fog)
     lo, hi = DEPTH_RANGES[domain]
     valid = out.hit & (out.depth >= lo) & (out.depth <= hi)
@@ -641,11 +714,13 @@ class ProceduralDataset(torch.utils.data.Dataset):
     so datasets whose seeds differ modulo 1024 never share scenes. ``hflip`` flips rgb/depth/valid together with
     probability 0.5, deterministically given ``(seed, i)``. ``cache=True`` keeps rendered scenes in memory (shared by
     every dataset of the process, up to 20 000 scenes): use it with a small ``length`` to train for many epochs on a
-    fixed pool without paying for rendering again.
+    fixed pool without paying for rendering again. ``camera`` replaces camera statistics of the domains, e.g.
+    ``{"pitch_deg": (-45, 5)}`` (see ``camera_overrides``).
     """
 
     def __init__(self, domains: str | Sequence[str], length: int, size: tuple[int, int] = (128, 128),
-                 split: str = "train", hflip: bool = False, seed: int = 0, cache: bool = False) -> None:
+                 split: str = "train", hflip: bool = False, seed: int = 0, cache: bool = False,
+                 camera: dict[str, Any] | None = None) -> None:
         self.domains = (domains,) if isinstance(domains, str) else tuple(domains)
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown or not self.domains:
@@ -655,6 +730,7 @@ class ProceduralDataset(torch.utils.data.Dataset):
         scene_seed(split, 0)  # validates split
         self.length, self.split, self.hflip, self.seed, self.cache = length, split, hflip, seed, cache
         self.size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.camera = camera_overrides(camera)
 
     def __len__(self) -> int:
         return self.length
@@ -670,7 +746,8 @@ class ProceduralDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         domain, index = self.locate(i)
-        s = (_render_cached if self.cache else render_scene)(domain, index, self.size, self.split)
+        s = (_render_cached if self.cache else render_scene)(domain, index, self.size, self.split,
+                                                             camera=self.camera)
         # numpy, not torch, for these small ops: torch's intra-op threading made them ~3x slower than rendering
         arrays = [s.rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1),
                   s.depth[None].copy(), s.valid[None].copy()]  # copies: a cached scene must never be written

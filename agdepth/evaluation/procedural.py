@@ -12,21 +12,30 @@ from functools import lru_cache
 import numpy as np
 from tqdm.auto import tqdm
 
-from agdepth.data.procedural import DEPTH_RANGES, TRAIN_DOMAINS, render_scene
-from agdepth.metrics import aligned_depth, boundary_f1, compute_metrics, mean_metrics
+from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, camera_overrides, render_scene
+from agdepth.evaluation.datasets import ProceduralEvalDataset
+from agdepth.evaluation.protocol import average, score
+from agdepth.training.config import load_config
 
 Predictor = Callable[[list[np.ndarray]], np.ndarray]  # uint8 [H,W,3] images -> affine-invariant depth [N,H,W]
 
 
 @lru_cache(maxsize=8)
-def mean_train_depth(size: tuple[int, int] = (128, 128), count: int = 256) -> np.ndarray:
-    """Per-pixel mean of valid metric depth over training scenes (both training domains): the trivial predictor."""
-    total = np.zeros(size)
-    n = np.zeros(size)
-    for i in range(count):
-        s = render_scene(TRAIN_DOMAINS[i % len(TRAIN_DOMAINS)], i // len(TRAIN_DOMAINS), size=size, split="train")
-        total += np.where(s.valid, s.depth, 0.0)
-        n += s.valid
+def mean_train_depth(size: tuple[int, int] = (128, 128), count: int = 256, config: str = "tiny") -> np.ndarray:
+    """The trivial predictor: per-pixel mean of valid metric depth over ``count`` training scenes drawn like the
+    recipe ``config`` draws them (its procedural sources in proportion to their probabilities, with their camera
+    settings), so it always reflects the data the model was trained on."""
+    sources = [s for s in load_config(config).data.sources if s.type == "procedural"]
+    if not sources:
+        raise ValueError(f"config {config!r} has no procedural training source")
+    p = np.array([s.probability for s in sources], np.float64)
+    total, n = np.zeros(size), np.zeros(size)
+    for src, k in zip(sources, np.round(count * p / p.sum()).astype(int), strict=True):
+        domains, camera = src.domains or list(DEFAULT_SOURCE_DOMAINS), camera_overrides(src.camera)
+        for i in range(k):
+            s = render_scene(domains[i % len(domains)], i // len(domains), size=size, split="train", camera=camera)
+            total += np.where(s.valid, s.depth, 0.0)
+            n += s.valid
     mean = total / np.maximum(n, 1)
     return np.where(n > 0, mean, total.sum() / max(n.sum(), 1)).astype(np.float32)
 
@@ -44,29 +53,21 @@ def evaluate_on_domains(
     count: int,
     size: tuple[int, int] = (128, 128),
     batch: int = 8,
-    split: str = "test",
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Mean metrics per domain over ``count`` held-out scenes (scene indices 0..count-1 of the test split)."""
+    """Mean metrics per domain over ``count`` held-out scenes (scene indices 0..count-1 of the test split), scored
+    per image by :func:`agdepth.evaluation.protocol.score` as ``depth-eval`` scores them."""
     results: dict[str, dict[str, float]] = {}
     for dom in domains:
+        ds = ProceduralEvalDataset(dom, count, size)
         per_image = []
-        lo, hi = DEPTH_RANGES[dom]
         bar = tqdm(total=count, desc=f"eval {dom}", disable=not progress, leave=False)
         for start in range(0, count, batch):
-            scenes = [render_scene(dom, i, size=size, split=split) for i in range(start, min(start + batch, count))]
-            preds = predict([s.rgb for s in scenes])
-            for s, p in zip(scenes, preds, strict=True):
-                aligned = aligned_depth(p, s.depth, s.valid, depth_range=(lo, hi))
-                m = compute_metrics(aligned, s.depth, s.valid)
-                m.update(boundary_f1(aligned, s.depth, s.valid))
-                per_image.append(m)
-            bar.update(len(scenes))
+            samples = [ds.load(i) for i in range(start, min(start + batch, count))]
+            preds = predict([s.rgb for s in samples])
+            per_image += [score(p, s, ds.depth_range, ds.alignment, ds.dense) for s, p in zip(samples, preds,
+                                                                                                  strict=True)]
+            bar.update(len(samples))
         bar.close()
-        # the edge scores are undefined (NaN) on an image without depth discontinuities: average where defined
-        edge_keys = [k for k in per_image[0] if k.startswith("edge_")]
-        results[dom] = mean_metrics([{k: v for k, v in m.items() if k not in edge_keys} for m in per_image])
-        for k in edge_keys:
-            vals = np.array([m[k] for m in per_image])
-            results[dom][k] = float(vals[~np.isnan(vals)].mean()) if (~np.isnan(vals)).any() else float("nan")
+        results[dom] = average(per_image)
     return results

@@ -66,6 +66,8 @@ class SourceConfig:
     probability: float = 1.0  # share of batches drawn from this source
     domains: list[str] = field(default_factory=list)  # procedural
     length: int = 100_000  # procedural: virtual dataset length
+    # procedural: replaces camera statistics of the domains, e.g. {pitch_deg: [-45, 5]} (see camera_overrides)
+    camera: dict[str, Any] = field(default_factory=dict)
     root: str | None = None  # hypersim / vkitti
     filename_list: str | None = None
     resize: tuple[int, int] | None = None

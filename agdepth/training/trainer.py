@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from agdepth.checkpoint import atomic_dir
 from agdepth.data.base import SkipCorrupt, collate_skip_corrupt
 from agdepth.data.mixing import MixedBatchSampler
-from agdepth.data.procedural import ProceduralDataset
+from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, ProceduralDataset
 from agdepth.training.config import SourceConfig, StageConfig, TrainConfig
 from agdepth.training.stages import LossModule, Stage, make_stage
 
@@ -104,9 +104,9 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
 
 def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> torch.utils.data.Dataset:
     if src.type == "procedural":
-        domains = src.domains or ["indoor", "street"]
+        domains = src.domains or list(DEFAULT_SOURCE_DOMAINS)
         return ProceduralDataset(domains, src.length, size=size, split="train", hflip=cfg.data.hflip, seed=cfg.seed,
-                                 cache=cfg.data.cache)
+                                 cache=cfg.data.cache, camera=src.camera)
     if src.type in ("hypersim", "vkitti"):
         if not src.root:
             raise ValueError(f"data source {src.type!r} needs a root directory (--set data.sources.N.root=DIR)")
@@ -130,7 +130,7 @@ class BatchStream:
 
     def __init__(self, cfg: TrainConfig, scfg: StageConfig, info: DistInfo) -> None:
         size = scfg.size or cfg.data.size
-        sources = cfg.data.sources or [SourceConfig(type="procedural", domains=["indoor", "street"])]
+        sources = cfg.data.sources or [SourceConfig(type="procedural", domains=list(DEFAULT_SOURCE_DOMAINS))]
         datasets = [build_source(s, cfg, tuple(size)) for s in sources]
         self.dataset = ConcatDataset([SkipCorrupt(d) for d in datasets])
         self.sampler = MixedBatchSampler(

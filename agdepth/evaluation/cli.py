@@ -1,0 +1,192 @@
+"""depth-eval: the paper's benchmark protocol on any backend, and its tables.
+
+    depth-eval --dataset nyu --data-root data/nyuv2 --checkpoint agdepth/weights/tiny --out eval/nyu/tiny
+    depth-eval --dataset kitti --data-root data/kitti --engine engines/unet.fp16.onnx --steps 1 --ensemble 1
+    depth-eval --dataset procedural-forest --predictions my_method/forest --label my-method
+    depth-eval table 1 eval/*/ --md table1.md
+    depth-eval datasets
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from agdepth.evaluation.datasets import DATASETS, EvalSample, build_dataset
+from agdepth.evaluation.protocol import PredictionsDir, Predictor, evaluate_dataset, markdown_row
+from agdepth.evaluation.tables import assemble, load_results
+
+ALIGNMENTS = {"depth": "least_squares", "disparity": "least_squares_disparity"}
+
+
+class _RunByDefault(click.Group):
+    """``depth-eval --dataset ...`` means ``depth-eval run --dataset ...`` (the issue's and README's spelling)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_RunByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Evaluate depth predictions on a benchmark (run, the default) or assemble the paper's tables (table)."""
+
+
+def _model_predictor(engine: Path | None, checkpoint: Path | None, steps: int | None, ensemble: int | None,
+                     spacing: str | None, processing_res: int | None, seed: int) -> tuple[Predictor, dict[str, Any]]:
+    from agdepth.runtime import DepthPipeline
+
+    pipe = DepthPipeline.from_engine(engine) if engine else DepthPipeline.from_checkpoint(checkpoint)  # type: ignore[arg-type]
+    d = pipe.backend.defaults
+    used = {"steps": d.steps if steps is None else steps,
+            "ensemble": d.ensemble_size if ensemble is None else ensemble,
+            "timestep_spacing": d.timestep_spacing if spacing is None else spacing,
+            "processing_res": d.processing_resolution if processing_res is None else processing_res,
+            "seed": seed}
+
+    def predict(sample: EvalSample) -> np.ndarray:
+        out = pipe([sample.rgb], steps=used["steps"], ensemble=used["ensemble"], seed=seed,
+                   processing_res=used["processing_res"], timestep_spacing=used["timestep_spacing"])
+        return out.depth[0]
+
+    return predict, used
+
+
+@main.command("run")
+@click.option("--dataset", required=True, help="Benchmark name (see `depth-eval datasets`).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the dataset (not needed for the procedural domains).")
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
+              help="Exported model: .onnx, an engines folder, or a TensorRT .plan (as depth-run).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint folder (PyTorch).")
+@click.option("--predictions", type=click.Path(path_type=Path), default=None,
+              help="Folder of saved predictions <sample name>.npy (any method's) to score instead of a model.")
+@click.option("--steps", type=int, default=None, help="DDIM steps. Default: the model's.")
+@click.option("--ensemble", type=int, default=None, help="Ensemble members. Default: the model's.")
+@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
+@click.option("--processing-res", type=int, default=None,
+              help="Longer edge seen by the networks (0: native). Default: the dataset's, else the model's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--alignment", type=click.Choice(sorted(ALIGNMENTS)), default=None,
+              help="Least-squares fit in depth or disparity space. Default: the dataset's (depth).")
+@click.option("--min-depth", type=float, default=None, help="Override the dataset's depth range (metres).")
+@click.option("--max-depth", type=float, default=None)
+@click.option("--filename-list", type=click.Path(path_type=Path), default=None,
+              help="Split list (default: the dataset's list inside --data-root).")
+@click.option("--kitti-crop", type=click.Choice(["eigen", "garg", "none"]), default="eigen", show_default=True,
+              help="KITTI evaluation crop.")
+@click.option("--count", type=int, default=50, show_default=True, help="Procedural domains: test scenes.")
+@click.option("--size", type=int, default=128, show_default=True, help="Procedural domains: image side.")
+@click.option("--label", default=None, help="Row label in tables. Default: the model or predictions folder name.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Result folder. Default: eval/<dataset>/<label>.")
+@click.option("--save-predictions", is_flag=True, help="Also keep each raw prediction as OUT/predictions/<name>.npy.")
+@click.option("--overwrite", is_flag=True, help="Discard results of other settings in OUT instead of refusing.")
+@click.option("--no-progress", is_flag=True)
+def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, predictions: Path | None,
+        steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
+        seed: int, alignment: str | None, min_depth: float | None, max_depth: float | None,
+        filename_list: Path | None, kitti_crop: str, count: int, size: int, label: str | None, out: Path | None,
+        save_predictions: bool, overwrite: bool, no_progress: bool) -> None:
+    """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row."""
+    sources = [s for s in (engine, checkpoint, predictions) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --engine, --checkpoint, --predictions")
+    options: dict[str, Any] = {}
+    if dataset.startswith("procedural-"):
+        options = {"count": count, "size": (size, size)}
+    else:
+        if filename_list is not None:
+            options["filename_list"] = filename_list
+        options.update({k: v for k, v in (("min_depth", min_depth), ("max_depth", max_depth)) if v is not None})
+        if dataset == "kitti":
+            options["crop"] = None if kitti_crop == "none" else kitti_crop
+    try:
+        ds = build_dataset(dataset, data_root, **options)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from e
+    lo, hi = ds.depth_range
+    depth_range = (lo if min_depth is None else min_depth, hi if max_depth is None else max_depth)
+    settings: dict[str, Any] = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}}
+    if predictions is not None:
+        try:
+            predict: Predictor = PredictionsDir(predictions)
+        except FileNotFoundError as e:
+            raise click.UsageError(f"{e.strerror}: {e.filename}") from e
+        settings["source"] = {"predictions": str(predictions)}
+    else:
+        res = processing_res if processing_res is not None else ds.processing_res
+        try:
+            predict, used = _model_predictor(engine, checkpoint, steps, ensemble, timestep_spacing, res, seed)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            raise click.UsageError(str(e)) from e
+        settings["source"] = {"engine" if engine else "checkpoint": str(sources[0]), **used}
+    label = label or sources[0].stem or sources[0].name
+    out = out or Path("eval") / ds.name / label
+    try:
+        summary = evaluate_dataset(
+            ds, predict, out, settings, alignment=ALIGNMENTS[alignment] if alignment else None,  # type: ignore[arg-type]
+            depth_range=depth_range, label=label, save_predictions=save_predictions, overwrite=overwrite,
+            progress=not no_progress, command="depth-eval " + shlex.join(sys.argv[1:]))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    c = summary["count"]
+    click.echo(f"{ds.name}: {c['scored']} of {c['total']} samples scored -> {out}")
+    for note in summary["notes"]:
+        click.echo(f"note: {note}")
+    if c["failed"]:
+        click.echo(f"{c['failed']} samples not scored (listed in {out / 'summary.json'}): "
+                   + ", ".join(f"{c[s]} {s}" for s in ("missing", "corrupt", "empty") if c[s]))
+    click.echo(markdown_row(summary))
+    if c["scored"] == 0:
+        sys.exit(1)
+
+
+@main.command("table")
+@click.argument("table", type=click.Choice(["1", "2", "3"]))
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--datasets", default=None, help="Comma-separated column datasets. Default: the paper's five, "
+              "or the datasets of the results when they are not the paper's.")
+@click.option("--no-paper", is_flag=True, help="Leave out the paper's published rows.")
+@click.option("--md", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write to this file.")
+def table(table: str, folders: tuple[Path, ...], datasets: str | None, no_paper: bool, md: Path | None) -> None:
+    """Assemble Table 1 (AbsRel/δ1), 2 (δ1/δ2/δ3) or 3 (ablation rows) from result folders."""
+    try:
+        results = load_results(folders)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from e
+    text = assemble(int(table), results, datasets.split(",") if datasets else None, include_paper=not no_paper)
+    if md:
+        md.write_text(text)
+    click.echo(text, nl=False)
+
+
+@main.command("datasets")
+def list_datasets() -> None:
+    """List the benchmarks with their protocol defaults."""
+    import agdepth.evaluation.readers  # noqa: F401  (registers the real datasets)
+
+    for name in sorted(DATASETS):
+        try:
+            ds = build_dataset(name, None) if name.startswith("procedural-") else None
+        except ValueError:
+            ds = None
+        cls = type(ds) if ds else getattr(DATASETS[name], "dataset_class", None)
+        if ds is None and cls is None:
+            click.echo(name)
+            continue
+        src = ds or cls
+        res = src.processing_res
+        click.echo(f"{name}: depth {src.depth_range[0]:g}-{src.depth_range[1]:g} m, processing res "
+                   f"{'model default' if res is None else ('native' if res == 0 else res)}, "
+                   f"{src.expected_count or '-'} samples")
+
+
+if __name__ == "__main__":
+    main()
