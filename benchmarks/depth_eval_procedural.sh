@@ -13,7 +13,23 @@ declare -A models=(
   ["bundled (agdepth/weights/tiny)"]=agdepth/weights/tiny
 )
 order=("L_v" "L_v + L_depth" "L_v + L_depth + L_feature" "bundled (agdepth/weights/tiny)")
+# the trivial predictor (the mean training depth map of the recipe) as saved predictions, scored like any method's
+python -c "
+import numpy as np
+from pathlib import Path
+from agdepth.evaluation.datasets import ProceduralEvalDataset
+from agdepth.evaluation.procedural import mean_train_depth
+for d in ('forest', 'tabletop'):
+    for name in ProceduralEvalDataset(d, 50).names():
+        p = Path('$out/trivial_predictions') / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.save(p.with_suffix('.npy'), mean_train_depth((128, 128)))"
 folders=()
+for domain in forest tabletop; do
+  depth-eval --dataset "procedural-$domain" --predictions "$out/trivial_predictions" \
+    --label "mean training depth (trivial)" --out "$out/trivial/$domain" --no-progress
+done
+folders+=("$out/trivial")
 for label in "${order[@]}"; do
   slug=$(echo "$label" | tr -c 'A-Za-z0-9\n' '_')
   for domain in forest tabletop; do
@@ -26,7 +42,8 @@ done
   echo "# depth-eval on the procedural unseen domains"
   echo
   echo "Command: \`bash benchmarks/depth_eval_procedural.sh\` (one \`depth-eval --dataset procedural-DOMAIN"
-  echo "--checkpoint CKPT --label LABEL\` per model and domain, then \`depth-eval table 3 ${folders[*]}\`)  "
+  echo "--checkpoint CKPT --label LABEL\` per model and domain, the trivial predictor's maps scored with"
+  echo "\`--predictions\`, then \`depth-eval table 3 ${folders[*]}\`)  "
   python -c "
 import datetime, platform
 from agdepth.machine import cpu_model, package_versions

@@ -138,10 +138,13 @@ def test_cli_scores_saved_predictions_of_a_procedural_domain(tmp_path: Path) -> 
         s = ds.load(i)
         (tmp_path / "p" / Path(s.name).parent).mkdir(parents=True, exist_ok=True)
         np.save(tmp_path / "p" / Path(s.name).with_suffix(".npy"), np.where(s.mask, s.depth, 1.0))
-    r = CliRunner().invoke(main, ["--dataset", "procedural-tabletop", "--predictions", str(tmp_path / "p"),
-                                  "--count", "3", "--size", "32", "--out", str(tmp_path / "out"), "--no-progress"])
+    args = ["--dataset", "procedural-tabletop", "--predictions", str(tmp_path / "p"), "--count", "3", "--size", "32",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "2 of 3 samples scored" in r.output and "1 missing" in r.output
+    r = CliRunner().invoke(main, args)  # the same command again resumes: settings as stored compare equal
+    assert r.exit_code == 0 and "resuming: 2 of 3 samples already scored" in r.output, r.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["metrics"]["abs_rel"] < 1e-6 and summary["metrics"]["edge_f1"] == pytest.approx(1.0)
     assert str(tmp_path / "p" / "tabletop" / "test" / "000002.npy") in summary["failed"][0]["reason"]

@@ -38,11 +38,15 @@ def main() -> None:
     """Evaluate depth predictions on a benchmark (run, the default) or assemble the paper's tables (table)."""
 
 
-def _model_predictor(engine: Path | None, checkpoint: Path | None, steps: int | None, ensemble: int | None,
-                     spacing: str | None, processing_res: int | None, seed: int) -> tuple[Predictor, dict[str, Any]]:
+def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, steps: int | None,
+                     ensemble: int | None, spacing: str | None, processing_res: int | None,
+                     seed: int) -> tuple[Predictor, dict[str, Any]]:
     from agdepth.runtime import DepthPipeline
 
-    pipe = DepthPipeline.from_engine(engine) if engine else DepthPipeline.from_checkpoint(checkpoint)  # type: ignore[arg-type]
+    if engine is not None:
+        pipe = DepthPipeline.from_engine(engine)
+    else:
+        pipe = DepthPipeline.from_checkpoint(checkpoint, device=device)  # type: ignore[arg-type]
     d = pipe.backend.defaults
     used = {"steps": d.steps if steps is None else steps,
             "ensemble": d.ensemble_size if ensemble is None else ensemble,
@@ -67,6 +71,7 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, steps: int | 
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint folder (PyTorch).")
 @click.option("--predictions", type=click.Path(path_type=Path), default=None,
               help="Folder of saved predictions <sample name>.npy (any method's) to score instead of a model.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for --checkpoint (e.g. cuda).")
 @click.option("--steps", type=int, default=None, help="DDIM steps. Default: the model's.")
 @click.option("--ensemble", type=int, default=None, help="Ensemble members. Default: the model's.")
 @click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
@@ -90,7 +95,7 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, steps: int | 
 @click.option("--overwrite", is_flag=True, help="Discard results of other settings in OUT instead of refusing.")
 @click.option("--no-progress", is_flag=True)
 def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, predictions: Path | None,
-        steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
+        device: str, steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
         seed: int, alignment: str | None, min_depth: float | None, max_depth: float | None,
         filename_list: Path | None, kitti_crop: str, count: int, size: int, label: str | None, out: Path | None,
         save_predictions: bool, overwrite: bool, no_progress: bool) -> None:
@@ -123,7 +128,8 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
     else:
         res = processing_res if processing_res is not None else ds.processing_res
         try:
-            predict, used = _model_predictor(engine, checkpoint, steps, ensemble, timestep_spacing, res, seed)
+            predict, used = _model_predictor(engine, checkpoint, device, steps, ensemble, timestep_spacing, res,
+                                             seed)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise click.UsageError(str(e)) from e
         settings["source"] = {"engine" if engine else "checkpoint": str(sources[0]), **used}

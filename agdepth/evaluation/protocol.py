@@ -94,6 +94,7 @@ def _fieldnames(dense: bool) -> list[str]:
 def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
     """Create/validate the output folder; return the rows already scored (status ok) for resuming."""
     out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(settings))  # as stored (tuples become lists), so a resume compares like with like
     settings_file, csv_file = out / "settings.json", out / "per_sample.csv"
     if overwrite:
         for f in (settings_file, csv_file, out / "summary.json", out / "row.md"):

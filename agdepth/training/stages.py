@@ -245,8 +245,10 @@ class UNetStage(Stage):
             # the frozen decoder is differentiated through for the pixel losses: checkpoint it too
             self.vae.enable_gradient_checkpointing()
         self.pixel_losses = w.berhu > 0 or w.gm > 0 or w.feature > 0
-        self.rgb_memo = LatentMemo(self._encode) if self.scfg.cache_latents else self._encode
-        self.depth_memo = LatentMemo(self._encode_depth) if self.scfg.cache_latents else self._encode_depth
+        # random crops never repeat, so a memo would only hash, store and encode one sample at a time
+        memo = self.scfg.cache_latents and self.scfg.random_crop is None
+        self.rgb_memo = LatentMemo(self._encode) if memo else self._encode
+        self.depth_memo = LatentMemo(self._encode_depth) if memo else self._encode_depth
         if self.scfg.mixed_precision == "bf16":
             # frozen networks need no fp32 master copy; bf16 keeps fp32's range, so SD's VAE does not overflow
             self.vae.to(torch.bfloat16)
