@@ -40,18 +40,13 @@ def run_variant(label: str, overrides: list[str], args: argparse.Namespace) -> d
                 "--json", str(args.out / f"{label}.eval.json")]
     row: dict = {"label": label, "overrides": overrides}
     with open(args.out / f"{label}.log", "w") as log:
-        t0 = time.perf_counter()
-        rc = subprocess.call(train, stdout=log, stderr=subprocess.STDOUT, env=env)
-        row["train_seconds"] = time.perf_counter() - t0
-        if rc != 0:
-            row["error"] = f"training exited {rc} (see {label}.log)"
-            return row
-        t0 = time.perf_counter()
-        rc = subprocess.call(evaluate, stdout=log, stderr=subprocess.STDOUT, env=env)
-        row["eval_seconds"] = time.perf_counter() - t0
-    if rc != 0:
-        row["error"] = f"evaluation exited {rc} (see {label}.log)"
-        return row
+        for step, cmd in (("train", train), ("eval", evaluate)):
+            t0 = time.perf_counter()
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            row[f"{step}_seconds"] = time.perf_counter() - t0
+            if rc != 0:
+                row["error"] = f"{step} exited {rc} (see {label}.log)"
+                return row
     report = json.loads((args.out / f"{label}.eval.json").read_text())
     row["results"] = {r["setting"]: r["metrics"] for r in report["rows"]}
     return row
