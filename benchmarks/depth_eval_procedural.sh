@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # depth-eval on the procedural unseen domains: the bundled model and the three ablation checkpoints of
-# benchmarks/results/ablation_tiny.md (trained by benchmarks/ablation_tiny.py into runs/ablation/), then Table 3.
+# benchmarks/results/ablation_tiny.md (trained by benchmarks/ablation_tiny.py into runs/ablation_b3/), then Table 3.
 #   bash benchmarks/depth_eval_procedural.sh [RESULTS_MD]
 # Each model runs at its checkpoint's defaults (1 step, 1 member, trailing) on 50 test scenes per domain at 128x128.
 set -euo pipefail
 md=${1:-benchmarks/results/depth_eval_procedural.md}
 out=eval/procedural
 declare -A models=(
-  ["L_v"]=runs/ablation/baseline/checkpoint
-  ["L_v + L_depth"]=runs/ablation/depth_loss/checkpoint
-  ["L_v + L_depth + L_feature"]=runs/ablation/full/checkpoint
+  ["L_v"]=runs/ablation_b3/baseline/checkpoint
+  ["L_v + L_depth"]=runs/ablation_b3/depth_loss/checkpoint
+  ["L_v + L_depth + L_feature"]=runs/ablation_b3/full/checkpoint
   ["bundled (agdepth/weights/tiny)"]=agdepth/weights/tiny
 )
 order=("L_v" "L_v + L_depth" "L_v + L_depth + L_feature" "bundled (agdepth/weights/tiny)")

@@ -160,11 +160,11 @@ def test_default_batching_follows_the_exported_max_batch(engines: Path) -> None:
     images = [render_scene("street", i, size=(40, 56), split="test").rgb for i in range(12)]
     pipe = DepthPipeline.from_engine(engines / "unet.onnx")
     lat = torch.randn(12, 4, 17, 24, generator=torch.Generator().manual_seed(0))
-    out = pipe(images, ensemble=1, latents=lat).depth
-    chunked = pipe(images, ensemble=1, latents=lat, batch_size=4).depth
+    out = pipe(images, ensemble=1, latents=lat, processing_res=96).depth  # 40×56 -> 68×96 px -> 17×24 latents
+    chunked = pipe(images, ensemble=1, latents=lat, batch_size=4, processing_res=96).depth
     assert out.shape == (12, 40, 56) and np.abs(out - chunked).max() <= 1e-6
     with pytest.raises(ValueError, match=r"batch 12 outside \[1, 10\]"):
-        pipe(images, ensemble=1, latents=lat, batch_size=12)
+        pipe(images, ensemble=1, latents=lat, batch_size=12, processing_res=96)
 
 
 def test_fp16_overflow_is_detected_and_the_decoder_falls_back_to_fp32(engines: Path) -> None:

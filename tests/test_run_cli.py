@@ -110,8 +110,13 @@ def test_odd_sizes_modes_and_exif(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display: a 40×30 (w×h) file shows as 30×40
     Image.fromarray(render_scene("indoor", 2, size=(30, 40), split="test").rgb).save(d / "rot.jpg", exif=exif)
-    code, text = run(str(d), "--out", str(tmp_path / "o"), "--formats", "npy")
+    code, text = run(str(d), "--out", str(tmp_path / "o"), "--formats", "npy", "--processing-res", "96")
     assert code == 0, text
     shapes = {p.name: np.load(p).shape for p in (tmp_path / "o").iterdir()}
     assert shapes == {"dot_depth.npy": (1, 1), "pano_depth.npy": (40, 3000), "grey16_depth.npy": (48, 64),
                       "rot_depth.npy": (40, 30)}
+    # at 64 px the 75:1 panorama would be 0 px high: it fails alone, named, and the other images are still written
+    code, text = run(str(d), "--out", str(tmp_path / "o64"), "--formats", "npy", "--processing-res", "64")
+    assert code == 1 and "pano.png: extreme aspect ratio" in text and "1 input(s) failed" in text, text
+    assert sorted(p.name for p in (tmp_path / "o64").iterdir()) == ["dot_depth.npy", "grey16_depth.npy",
+                                                                    "rot_depth.npy"]

@@ -98,7 +98,8 @@ def _state(out: Path, stage: str) -> dict[str, torch.Tensor]:
 
 
 # a fixed pool of 8 scenes read for several epochs, with memoised latents and pixel losses on half of each batch
-POOL = ["data.cache=true", "data.sources.0.length=4", "data.sources.1.length=4", "stages.unet.cache_latents=true",
+POOL = ["data.cache=true", "data.sources.0.length=4", "data.sources.1.length=4", "data.sources.2.length=4",
+        "stages.unet.random_crop=null", "stages.unet.cache_latents=true",
         "stages.unet.pixel_batch=1", "stages.unet.lr_schedule=cosine", "stages.unet.warmup=1"]
 
 
@@ -206,8 +207,8 @@ def test_final_timestep_share(pretrained_run: Path, prob: float, expect_all_fina
 
 
 def test_latent_memo_equals_recomputation(pretrained_run: Path) -> None:
-    cfg_memo = tiny_cfg(*POOL[:3], "stages.unet.cache_latents=true")
-    plain = make_stage("unet", tiny_cfg(), pretrained_run, torch.device("cpu"))
+    cfg_memo = tiny_cfg(*POOL[:5], "stages.unet.cache_latents=true")
+    plain = make_stage("unet", tiny_cfg("stages.unet.random_crop=null"), pretrained_run, torch.device("cpu"))
     memo = make_stage("unet", cfg_memo, pretrained_run, torch.device("cpu"))
     memo.trainable.load_state_dict(plain.trainable.state_dict())
     batch = next(BatchStream(cfg_memo, cfg_memo.stage("unet"), DistInfo()).iterate(0))

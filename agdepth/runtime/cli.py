@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -111,25 +112,32 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, steps: int | 
         timings["io"] += time.perf_counter() - t_io
         if not images:
             continue
+        def predict(imgs: list[np.ndarray], seed_: int) -> Any:
+            return pipe(imgs, steps=steps, ensemble=ens, processing_res=processing_res,
+                        timestep_spacing=timestep_spacing, batch_size=batch_size, seed=seed_,
+                        output_uncertainty=uncertainty)
+
         try:
-            res = pipe(images, steps=steps, ensemble=ens, processing_res=processing_res,
-                       timestep_spacing=timestep_spacing, batch_size=batch_size, seed=seed + k,
-                       output_uncertainty=uncertainty)
-        except ValueError as e:  # e.g. a size outside the engine's range: nothing of this chunk can run
-            for src, _ in chunk:
-                failures.append(f"{src}: {e}")
-            tqdm.write(f"error: {e}", file=sys.stderr)
-            bar.update(len(chunk))
-            continue
-        for stage in STAGES:
-            timings[stage] += res.timings[stage]
-        t_io = time.perf_counter()
-        for j, (_, paths) in enumerate(chunk):
-            unc = res.uncertainty[j] if res.uncertainty is not None else None
-            write_outputs(paths, np.asarray(res.depth[j]), unc)
-            done += 1
-        timings["io"] += time.perf_counter() - t_io
-        bar.update(len(chunk))
+            results = [(chunk, predict(images, seed + k))]
+        except ValueError:  # e.g. a size outside the engine's range: retry one by one so only that image fails
+            results = []
+            for j, (item, img) in enumerate(zip(chunk, images, strict=True)):
+                try:
+                    results.append(([item], predict([img], seed + k + j)))
+                except ValueError as e:
+                    failures.append(f"{item[0]}: {e}")
+                    tqdm.write(f"error: {item[0]}: {e}", file=sys.stderr)
+                    bar.update(1)
+        for part, res in results:
+            for stage in STAGES:
+                timings[stage] += res.timings[stage]
+            t_io = time.perf_counter()
+            for j, (_, paths) in enumerate(part):
+                unc = res.uncertainty[j] if res.uncertainty is not None else None
+                write_outputs(paths, np.asarray(res.depth[j]), unc)
+                done += 1
+            timings["io"] += time.perf_counter() - t_io
+            bar.update(len(part))
     bar.close()
     wall = time.perf_counter() - t_start
     stages = ", ".join(f"{s} {v:.2f}" for s, v in timings.items() if v > 0)
