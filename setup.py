@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "onnxslim>=0.1.40,<0.2",
     "onnxruntime>=1.18,<2",
     "polygraphy>=0.49,<0.60",  # TensorRT engine build and the backend comparator (pure Python; TensorRT optional)
+    "matplotlib>=3.7,<4",  # depth-bench frontier's plot (Agg backend, no display needed)
 ]
 
 EXTRAS = {

@@ -1,6 +1,8 @@
-"""``depth-bench``: backend parity (network level through Polygraphy's comparator, and end to end).
+"""``depth-bench``: backend parity, latency per stage and backend, the accuracy/latency frontier, the roofline, and
+test-time ensembling against diffusers. Every suite writes JSON + markdown (+ PNG) with the command and machine.
 
-    depth-bench parity --engine engines --md parity.md
+    depth-bench latency --json latency.json --md latency.md
+    depth-bench all --quick --out /tmp/bench      # every suite, a few iterations, relations checked
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ import datetime
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+import torch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +61,323 @@ def parity(engines: Path, checkpoint: Path | None, count: int, settings: str, js
     if md_path:
         md_path.write_text(text)
     if not all(r["passed"] for r in report.networks):
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------ shared options
+
+SUITES = ("latency", "frontier", "roofline", "ensemble")
+
+
+def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda).")(f)
+    f = click.option("--random-weights", type=click.Choice(["sd2"]), default=None,
+                     help="The full SD2 architecture with random weights (real-size cost without the weights).")(f)
+    f = click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="Checkpoint directory. Default: the bundled tiny model.")(f)
+    f = click.option("--engine", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="A depth-export directory (or a .onnx/.plan file in one) for the ONNX/TensorRT backends.")(f)
+    return f
+
+
+def _output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None)(f)
+    f = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)(f)
+    f = click.option("--quick", is_flag=True, help="A few iterations on the tiny model, relations checked (CI).")(f)
+    return f
+
+
+def _engines_dir(engine: Path | None) -> Path | None:
+    return None if engine is None else (engine if engine.is_dir() else engine.parent)
+
+
+def _finish(title: str, report: dict[str, Any], body: str, json_path: Path | None, md_path: Path | None,
+            failed: list[str]) -> None:
+    from agdepth.bench.report import markdown_document, stamp_end, write_report
+
+    stamp_end(report)
+    text = markdown_document(title, report, body)
+    click.echo(text)
+    write_report(report, text, json_path, md_path)
+    if failed:
+        click.echo("error: relation(s) that must hold on any machine failed: " + "; ".join(failed), err=True)
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------- latency
+
+
+def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str,
+                  backends: str, resolution: int | None, steps: int | None, ensemble: int | None,
+                  spacing: str | None, batch_size: int, warmup: int, repeats: int, compile_mode: str | None,
+                  quick: bool, work_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run the latency suite; returns the report and the relations that failed (quick mode)."""
+    from agdepth.bench.latency import LatencySettings, choose_backends, relations, run_latency, torch_pipeline
+    from agdepth.bench.report import report_meta
+
+    report = report_meta()
+    probe = torch_pipeline(checkpoint, random_weights, "cpu", torch.float32) if engine is None else None
+    if probe is not None:
+        d = probe.backend.defaults
+    else:
+        from agdepth.export import Manifest
+        from agdepth.runtime.backends import RuntimeDefaults
+
+        d = RuntimeDefaults(**Manifest.load(_engines_dir(engine)).data["defaults"])  # type: ignore[arg-type]
+    res = resolution or d.processing_resolution or 768
+    if quick:
+        warmup, repeats = 1, 3
+    s = LatencySettings(res, steps or d.steps, ensemble or d.ensemble_size, spacing or d.timestep_spacing,
+                        batch_size, warmup, repeats)
+    names = [n.strip() for n in backends.split(",") if n.strip()]
+    choices = choose_backends(names, checkpoint, _engines_dir(engine), random_weights, device, compile_mode, res,
+                              max(s.ensemble * batch_size, 10), work_dir, click.echo)
+    report.update(run_latency(choices, s, click.echo))
+    failed: list[str] = []
+    if quick:
+        base = next(c.pipeline for c in choices if c.pipeline is not None)
+        report["relations"] = relations(base, res)
+        failed = [r["relation"] for r in report["relations"] if not r["holds"]]
+    return report, failed
+
+
+@main.command()
+@_model_options
+@click.option("--backends", default="torch,onnx-fp32,onnx-fp16,tensorrt,torch-fp16", show_default=True,
+              help="Comma-separated; those that cannot run here are listed as skipped, with the reason.")
+@click.option("--resolution", type=int, default=None, help="Processing resolution. Default: the checkpoint's.")
+@click.option("--steps", type=int, default=None, help="Default: the checkpoint's.")
+@click.option("--ensemble", type=int, default=None, help="Default: the checkpoint's.")
+@click.option("--spacing", type=click.Choice(["leading", "trailing"]), default=None, help="Default: the checkpoint's.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Images per pipeline call.")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--repeats", type=int, default=20, show_default=True)
+@click.option("--compile", "compile_mode", type=click.Choice(["default", "reduce-overhead"]), default=None,
+              help="torch-fp16 on CUDA: torch.compile the U-Net (reduce-overhead = CUDA graphs).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench"),
+              show_default=True, help="Where the ONNX graphs are exported when no --engine is given (reused).")
+@_output_options
+def latency(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str, backends: str,
+            resolution: int | None, steps: int | None, ensemble: int | None, spacing: str | None, batch_size: int,
+            warmup: int, repeats: int, compile_mode: str | None, work_dir: Path, quick: bool, json_path: Path | None,
+            md_path: Path | None) -> None:
+    """Wall time per stage (preprocess, VAE encode, U-Net per step, VAE decode, ensembling, write), p50/p90,
+    images/s and peak memory, for each backend on the same images in one run."""
+    try:
+        report, failed = latency_suite(engine, checkpoint, random_weights, device, backends, resolution, steps,
+                                       ensemble, spacing, batch_size, warmup, repeats, compile_mode, quick, work_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    from agdepth.bench.latency import markdown
+
+    _finish("Latency per stage and backend", report, markdown(report), json_path, md_path, failed)
+
+
+# ------------------------------------------------------------------------------------------------ frontier
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _pipeline(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str) -> Any:
+    from agdepth.bench.latency import torch_pipeline
+    from agdepth.runtime import DepthPipeline
+
+    if engine is not None:
+        return DepthPipeline.from_engine(engine)
+    return torch_pipeline(checkpoint, random_weights, device, torch.float32)
+
+
+def frontier_suite(engine: Path | None, checkpoint: Path | None, device: str, steps: str, ensembles: str,
+                   spacings: str, count: int, latency_repeats: int, seed: int, quick: bool, png: Path | None
+                   ) -> tuple[dict[str, Any], list[str]]:
+    from agdepth.bench.frontier import grid, plot_frontier, run_frontier
+    from agdepth.bench.report import report_meta
+
+    if quick:
+        steps, ensembles, spacings, count, latency_repeats = "1,4", "1,2", "trailing", 2, 3
+    report = report_meta()
+    pipe = _pipeline(engine, checkpoint, None, device)
+    label = str(engine or checkpoint or "bundled tiny model (agdepth/weights/tiny)")
+    settings = grid(_ints(steps, "--steps"), _ints(ensembles, "--ensembles"),
+                    [v.strip() for v in spacings.split(",") if v.strip()])
+    report.update(run_frontier(pipe, settings, count=count, latency_repeats=latency_repeats, seed=seed, model=label))
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_frontier(report, png)
+        report["plot"] = png.name
+    failed: list[str] = []
+    if quick:  # 1x1 against 4x2: 8x the U-Net calls, so the order holds on any machine
+        rows = {r["setting"]: r for r in report["rows"]}
+        cheap, dear = rows["1x1 trailing"], rows["4x2 trailing"]
+        holds = cheap["latency_s"] < dear["latency_s"]
+        report["relations"] = [{"relation": "1x1 faster than 4x2 (8x the U-Net calls)", "holds": holds,
+                                "values": [cheap["latency_s"], dear["latency_s"]]}]
+        failed = [] if holds else [report["relations"][0]["relation"]]
+    return report, failed
+
+
+@main.command()
+@click.option("--engine", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Run on this backend (as depth-run --engine) instead of PyTorch.")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint directory. Default: the bundled tiny model.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--steps", default="1,2,4,10,50", show_default=True)
+@click.option("--ensembles", default="1,5,10", show_default=True)
+@click.option("--spacings", default="leading,trailing", show_default=True)
+@click.option("--count", type=int, default=20, show_default=True, help="Test scenes per unseen procedural domain.")
+@click.option("--latency-repeats", type=int, default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the plot here.")
+@_output_options
+def frontier(engine: Path | None, checkpoint: Path | None, device: str, steps: str, ensembles: str, spacings: str,
+             count: int, latency_repeats: int, seed: int, png: Path | None, quick: bool, json_path: Path | None,
+             md_path: Path | None) -> None:
+    """Accuracy (AbsRel, δ1, edge F1 on the procedural unseen domains) against latency over steps × ensemble ×
+    spacing, with the Pareto front, and the default setting against the paper's 50×10."""
+    report, failed = frontier_suite(engine, checkpoint, device, steps, ensembles, spacings, count, latency_repeats,
+                                    seed, quick, png)
+    from agdepth.bench.frontier import markdown
+
+    body = markdown(report) + (f"\n\n![frontier]({png.name})" if png is not None else "")
+    _finish("Accuracy/latency frontier", report, body, json_path, md_path, failed)
+
+
+# ------------------------------------------------------------------------------------------------ roofline
+
+
+def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: str, resolution: int | None,
+                   batch: int, steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool
+                   ) -> tuple[dict[str, Any], list[str]]:
+    from agdepth import default_checkpoint
+    from agdepth.bench.report import report_meta
+    from agdepth.bench.roofline import roofline
+    from agdepth.checkpoint import load_checkpoint
+    from agdepth.runtime.backends import RuntimeDefaults
+
+    if quick:
+        repeats, peak_n = 2, 512
+    report = report_meta()
+    if random_weights == "sd2":
+        from agdepth.models import build_sd2_random
+
+        models = build_sd2_random()
+        d = RuntimeDefaults(steps=1, processing_resolution=768, ensemble_size=1, timestep_spacing="trailing")
+    else:
+        models = load_checkpoint(checkpoint or default_checkpoint())
+        d = RuntimeDefaults.from_model_index(models.extra.get("model_index"), models.extra.get("scheduler_config"))
+    report["model"] = "SD2 architecture, random weights" if random_weights else str(checkpoint or "bundled tiny")
+    report.update(roofline(models, resolution or d.processing_resolution or 768, batch, steps or d.steps,
+                           ensemble or d.ensemble_size, device, repeats, peak_n))
+    failed = [f"{n}: no FLOPs counted" for n, r in report["networks"].items() if not r["flops_per_call"] > 0]
+    return report, failed
+
+
+@main.command("roofline")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint directory. Default: the bundled tiny model.")
+@click.option("--random-weights", type=click.Choice(["sd2"]), default=None,
+              help="The full SD2 architecture with random weights (real-size FLOPs without the weights).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resolution", type=int, default=None, help="Padded square side. Default: the checkpoint's.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Rows per network call.")
+@click.option("--steps", type=int, default=None, help="For the pipeline total. Default: the checkpoint's.")
+@click.option("--ensemble", type=int, default=None, help="For the pipeline total. Default: the checkpoint's.")
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--peak-n", type=int, default=2048, show_default=True, help="Matmul side for the measured peak.")
+@_output_options
+def roofline_cmd(checkpoint: Path | None, random_weights: str | None, device: str, resolution: int | None, batch: int,
+                 steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool,
+                 json_path: Path | None, md_path: Path | None) -> None:
+    """FLOPs per network (torch's FLOP counter), achieved FLOP/s against a measured matmul peak, and an RTX 3090
+    projection (labelled as such)."""
+    report, failed = roofline_suite(checkpoint, random_weights, device, resolution, batch, steps, ensemble, repeats,
+                                    peak_n, quick)
+    from agdepth.bench.roofline import markdown
+
+    _finish("Roofline", report, markdown(report), json_path, md_path, failed)
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+
+
+def ensemble_suite(sizes: str, members: int, repeats: int, threads: int, quick: bool
+                   ) -> tuple[dict[str, Any], list[str]]:
+    from agdepth.bench.ensembling import relations, run_ensembling
+    from agdepth.bench.report import report_meta
+
+    size_list = [96] if quick else _ints(sizes, "--sizes")
+    members, repeats = (5, 1) if quick else (members, repeats)
+    report = report_meta(packages=("torch", "diffusers", "scipy", "numpy"))
+    report.update(run_ensembling(size_list, members, repeats, threads, progress=click.echo))
+    checks = relations(report)
+    report["relations"] = [{"relation": name, "holds": ok} for name, ok in checks]
+    return report, [name for name, ok in checks if not ok] if quick else []
+
+
+@main.command("ensemble")
+@click.option("--sizes", default="768,384", show_default=True, help="Square member sides.")
+@click.option("--members", type=int, default=10, show_default=True, help="Ensemble size (the paper: 10).")
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch intra-op threads for both.")
+@_output_options
+def ensemble_cmd(sizes: str, members: int, repeats: int, threads: int, quick: bool, json_path: Path | None,
+                 md_path: Path | None) -> None:
+    """This project's test-time ensembling against diffusers' ensemble_depth on the same members: time ratio and
+    objective values."""
+    report, failed = ensemble_suite(sizes, members, repeats, threads, quick)
+    from agdepth.bench.ensembling import markdown
+
+    _finish("Test-time ensembling: agdepth against diffusers", report, markdown(report), json_path, md_path, failed)
+
+
+# ------------------------------------------------------------------------------------------------ all
+
+
+@main.command("all")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for bench_<suite>.json/.md (+ bench_frontier.png).")
+@click.option("--quick", is_flag=True, help="A few iterations of every suite on the tiny model, relations checked.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench"),
+              show_default=True, help="Where the latency suite exports the ONNX graphs (reused).")
+def all_suites(out: Path, quick: bool, work_dir: Path) -> None:
+    """Every suite with its defaults (or --quick), one report per suite in OUT; fails if a relation does not hold."""
+    from agdepth.bench.ensembling import markdown as ensemble_md
+    from agdepth.bench.frontier import markdown as frontier_md
+    from agdepth.bench.latency import markdown as latency_md
+    from agdepth.bench.report import markdown_document, stamp_end, write_report
+    from agdepth.bench.roofline import markdown as roofline_md
+
+    png = out / "bench_frontier.png"
+    runs = {
+        "latency": lambda: latency_suite(None, None, None, "cpu", "torch,onnx-fp32,onnx-fp16,tensorrt,torch-fp16",
+                                         None, None, None, None, 1, 2, 20, None, quick, work_dir),
+        "frontier": lambda: frontier_suite(None, None, "cpu", "1,2,4,10,50", "1,5,10", "leading,trailing", 20, 3, 0,
+                                           quick, png),
+        "roofline": lambda: roofline_suite(None, None, "cpu", None, 1, None, None, 5, 2048, quick),
+        "ensemble": lambda: ensemble_suite("768,384", 10, 3, 1, quick),
+    }
+    bodies = {"latency": ("Latency per stage and backend", latency_md),
+              "frontier": ("Accuracy/latency frontier", lambda r: frontier_md(r) + f"\n\n![frontier]({png.name})"),
+              "roofline": ("Roofline", roofline_md),
+              "ensemble": ("Test-time ensembling: agdepth against diffusers", ensemble_md)}
+    failed: list[str] = []
+    for name, run in runs.items():
+        click.echo(f"== {name}")
+        report, bad = run()
+        title, body = bodies[name]
+        stamp_end(report)
+        write_report(report, markdown_document(title, report, body(report)), out / f"bench_{name}.json",
+                     out / f"bench_{name}.md")
+        failed += [f"{name}: {b}" for b in bad]
+    click.echo(f"wrote {', '.join(f'bench_{n}' for n in runs)} (.json/.md) and {png.name} to {out}")
+    if failed:
+        click.echo("error: relation(s) that must hold on any machine failed: " + "; ".join(failed), err=True)
         sys.exit(1)
 
 

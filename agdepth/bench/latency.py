@@ -1,0 +1,373 @@
+"""Latency per stage and backend: every backend runs the same pipeline on the same images, in one process.
+
+Per repeat the pipeline's own stage clock (:data:`agdepth.runtime.pipeline.STAGES`) gives preprocess, VAE encode,
+U-Net (all steps), VAE decode, ensembling and postprocess; writing the 16-bit PNGs is timed here as ``write``. A
+proxy around the backend adds up the time spent inside network calls, so the runtime's own overhead (everything but
+the networks: preprocessing, noise, DDIM arithmetic, ensembling, resizing, writing) is measured rather than inferred.
+Peak memory: host RSS high-water mark (Linux ``VmHWM``, reset before each backend) and, on CUDA, torch's peak
+allocation.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agdepth.runtime.pipeline import STAGES, DepthPipeline
+
+TORCH_BACKENDS = ("torch", "torch-fp16")
+ONNX_BACKENDS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16"}
+BACKENDS = ("torch", "onnx-fp32", "onnx-fp16", "tensorrt", "torch-fp16")
+TIMED = (*STAGES, "write", "networks", "overhead", "total")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    resolution: int  # processing resolution (longer side, px); the test images are rendered at this size
+    steps: int
+    ensemble: int
+    spacing: str
+    batch_size: int = 1  # images per pipeline call
+    warmup: int = 1
+    repeats: int = 5
+
+
+class TimedBackend:
+    """Forwards everything to ``backend`` and adds up the wall time of its network calls (CUDA-synchronised)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.network_seconds = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def _sync(self) -> None:
+        if self._backend.device.type == "cuda":
+            torch.cuda.synchronize(self._backend.device)
+
+    def _timed(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        self._sync()
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self._sync()
+        self.network_seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self._timed(self._backend.encode, rgb)
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self._timed(self._backend.denoise, sample, timestep, text)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._timed(self._backend.decode, latent)
+
+
+def _read_hwm_kib() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def peak_host_rss() -> Iterator[dict[str, float | None]]:
+    """Yields a dict that holds ``peak_rss_mib`` after the block: the process's RSS high-water mark during it
+    (reset on entry through ``/proc/self/clear_refs``; None where that is not available)."""
+    result: dict[str, float | None] = {"peak_rss_mib": None}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        ok = True
+    except OSError:
+        ok = False
+    yield result
+    hwm = _read_hwm_kib() if ok else None
+    result["peak_rss_mib"] = None if hwm is None else hwm / 1024
+
+
+def bench_images(count: int, resolution: int) -> list[np.ndarray]:
+    """Procedural unseen-domain test images (uint8 RGB) at resolution², so preprocessing does no resampling."""
+    from agdepth.data.procedural import EVAL_DOMAINS, render_scene
+
+    return [render_scene(EVAL_DOMAINS[i % len(EVAL_DOMAINS)], i // len(EVAL_DOMAINS), size=(resolution, resolution),
+                         split="test").rgb for i in range(count)]
+
+
+def _pcts(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))}
+
+
+def measure(pipe: DepthPipeline, s: LatencySettings, images: list[np.ndarray] | None = None,
+            out_dir: Path | None = None, pipeline_batch_size: int = 0) -> dict[str, Any]:
+    """Time ``s.repeats`` runs (after ``s.warmup``) of ``pipe`` on ``s.batch_size`` images: seconds per stage as
+    p50/p90, U-Net seconds per denoising step, images/s, the overhead share, peak memory.
+
+    ``pipeline_batch_size`` is the pipeline's ``batch_size`` (rows per network call; 0 = all at once).
+    """
+    from agdepth.imageio import write_depth_png16
+
+    images = images if images is not None else bench_images(s.batch_size, s.resolution)
+    timed = TimedBackend(pipe.backend)
+    run = DepthPipeline(timed)  # type: ignore[arg-type]  # a structural stand-in for the backend
+    device = pipe.backend.device
+    samples: dict[str, list[float]] = {k: [] for k in TIMED}
+    with tempfile.TemporaryDirectory() as tmp, peak_host_rss() as mem:
+        target = out_dir or Path(tmp)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for i in range(s.warmup + s.repeats):
+            timed.network_seconds = 0.0
+            out = run(images, steps=s.steps, ensemble=s.ensemble, processing_res=s.resolution,
+                      timestep_spacing=s.spacing, seed=i, batch_size=pipeline_batch_size)
+            t0 = time.perf_counter()
+            for j, depth in enumerate(out.depth):  # new files each run, as depth-run writes (no overwrite)
+                write_depth_png16(target / f"{i}_{j}.png", depth)
+            write = time.perf_counter() - t0
+            if i < s.warmup:
+                continue
+            for k in STAGES:
+                samples[k].append(out.timings[k])
+            total = out.timings["total"] + write
+            samples["write"].append(write)
+            samples["networks"].append(timed.network_seconds)
+            samples["overhead"].append(total - timed.network_seconds)
+            samples["total"].append(total)
+    stages = {k: _pcts(v) for k, v in samples.items()}
+    overhead_share = [o / t for o, t in zip(samples["overhead"], samples["total"], strict=True)]
+    result: dict[str, Any] = {
+        "stages": stages,
+        "unet_per_step_p50": stages["unet"]["p50"] / s.steps,
+        "images_per_s": s.batch_size / stages["total"]["p50"],
+        "overhead_fraction_p50": statistics.median(overhead_share),
+        "peak_rss_mib": mem["peak_rss_mib"],
+        "device_peak_mib": (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
+        "network_calls_per_run": timed.calls // (s.warmup + s.repeats),
+    }
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+@dataclass
+class BackendChoice:
+    name: str
+    pipeline: DepthPipeline | None
+    skipped: str | None = None  # why a requested backend did not run
+
+
+def torch_pipeline(checkpoint: Path | None, random_weights: str | None, device: str, dtype: torch.dtype,
+                   compile_mode: str | None = None) -> DepthPipeline:
+    """PyTorch eager (``compile_mode`` None), or ``torch.compile`` of the U-Net ("default", or "reduce-overhead":
+    CUDA graphs). ``random_weights="sd2"`` builds SD2's architecture with random weights (same cost as the real one)."""
+    from agdepth import default_checkpoint
+    from agdepth.checkpoint import marigold_schedule
+    from agdepth.runtime.backends import RuntimeDefaults
+    from agdepth.runtime.backends.torch_backend import TorchBackend
+
+    if random_weights == "sd2":
+        from agdepth.models import build_sd2_random
+
+        m = build_sd2_random(torch_dtype=dtype)
+        backend = TorchBackend(m.unet, m.vae, m.empty_text_embedding, marigold_schedule("trailing"),
+                               RuntimeDefaults(steps=1, processing_resolution=768, ensemble_size=1,
+                                               timestep_spacing="trailing"), device, dtype)
+    elif random_weights is not None:
+        raise ValueError(f"--random-weights: only 'sd2' is known, got {random_weights!r}")
+    else:
+        backend = TorchBackend.from_checkpoint(checkpoint or default_checkpoint(), device=device, dtype=dtype)
+    if compile_mode is not None:
+        backend.networks["unet"] = torch.compile(backend.networks["unet"], mode=compile_mode)
+    return DepthPipeline(backend)
+
+
+def export_for_bench(checkpoint: Path, work_dir: Path, resolution: int, max_batch: int,
+                     progress: Callable[[str], None]) -> Path:
+    """fp32 + fp16 ONNX graphs of ``checkpoint`` in ``work_dir`` (reused when already exported from it)."""
+    from agdepth.export import ExportOptions, Manifest, export_checkpoint
+
+    out = work_dir / "engines"
+    if (out / "manifest.json").is_file():
+        m = Manifest.load(out)
+        same = m.data["source_checkpoint"]["path"] == str(checkpoint) and "fp16" in m.precisions
+        if same and m.shapes.max_batch >= max_batch and m.shapes.max_resolution >= resolution:
+            return out
+        import shutil
+
+        shutil.rmtree(out)
+    progress(f"exporting {checkpoint} to ONNX (fp32 + fp16) in {out} ...")
+    export_checkpoint(checkpoint, out, ExportOptions(fp16=True, max_resolution=max(resolution, 64),
+                                                     opt_resolution=resolution, max_batch=max_batch),
+                      progress=lambda _: None)
+    return out
+
+
+def choose_backends(names: Sequence[str], checkpoint: Path | None, engines: Path | None,
+                    random_weights: str | None, device: str, compile_mode: str | None,
+                    resolution: int, max_rows: int, work_dir: Path, progress: Callable[[str], None]
+                    ) -> list[BackendChoice]:
+    """The requested backends, each built or skipped with the reason (no GPU, no TensorRT, no fp16 graphs...)."""
+    from agdepth import default_checkpoint
+    from agdepth.export import Manifest
+    from agdepth.export.tensorrt_build import tensorrt_status
+
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    cuda = device.startswith("cuda")
+    out: list[BackendChoice] = []
+    manifest: Manifest | None = None
+
+    def need_manifest() -> Manifest:
+        nonlocal manifest
+        if manifest is None:
+            if engines is not None:
+                manifest = Manifest.load(engines)
+            elif random_weights is not None:
+                raise ValueError("ONNX/TensorRT backends with --random-weights need an export: run depth-export on a "
+                                 "saved checkpoint and pass --engine, or use --backends torch")
+            else:
+                manifest = Manifest.load(export_for_bench(checkpoint or default_checkpoint(), work_dir, resolution,
+                                                          max_rows, progress))
+        return manifest
+
+    for name in names:
+        if name == "torch":
+            out.append(BackendChoice(name, torch_pipeline(checkpoint, random_weights, device, torch.float32)))
+        elif name == "torch-fp16":
+            if not cuda:
+                out.append(BackendChoice(name, None, "needs a CUDA device (fp16 convolutions are not a CPU path)"))
+                continue
+            out.append(BackendChoice(name, torch_pipeline(checkpoint, random_weights, device, torch.float16,
+                                                          compile_mode)))
+        elif name in ONNX_BACKENDS:
+            from agdepth.runtime.backends.onnx_backend import OnnxBackend
+
+            m = need_manifest()
+            precision = ONNX_BACKENDS[name]
+            if precision not in m.precisions:
+                out.append(BackendChoice(name, None, f"{m.root} has no {precision} graphs (export with --fp16)"))
+                continue
+            out.append(BackendChoice(name, DepthPipeline(OnnxBackend(m, precision))))
+        else:  # tensorrt
+            status = tensorrt_status()
+            if not status.available:
+                out.append(BackendChoice(name, None, status.reason))
+                continue
+            m = need_manifest()
+            if "tensorrt" not in m.data:
+                out.append(BackendChoice(name, None, f"{m.root} has no TensorRT engines (depth-export --engines-only)"))
+                continue
+            plan = m.root / next(iter(m.data["tensorrt"]["files"].values()))
+            out.append(BackendChoice(name, DepthPipeline.from_engine(plan)))
+    return out
+
+
+def run_latency(choices: Sequence[BackendChoice], s: LatencySettings, progress: Callable[[str], None] = print
+                ) -> dict[str, Any]:
+    """Measure every built backend on the same images and settings; ratios are against the first ("torch")."""
+    images = bench_images(s.batch_size, s.resolution)
+    rows = []
+    for c in choices:
+        if c.pipeline is None:
+            rows.append({"backend": c.name, "skipped": c.skipped})
+            progress(f"{c.name}: skipped ({c.skipped})")
+            continue
+        r = measure(c.pipeline, s, images)
+        rows.append({"backend": c.name, **r})
+        progress(f"{c.name}: p50 {1000 * r['stages']['total']['p50']:.1f} ms per call, "
+                 f"{r['images_per_s']:.1f} images/s, overhead {100 * r['overhead_fraction_p50']:.1f}%")
+    ran = [r for r in rows if "stages" in r]
+    base = next((r for r in ran if r["backend"] == "torch"), None)
+    if base is not None:
+        for r in ran:
+            r["speedup_vs_torch"] = base["stages"]["total"]["p50"] / r["stages"]["total"]["p50"]
+    targets: dict[str, Any] = {}
+    ort = next((r for r in ran if r["backend"] == "onnx-fp32"), None)
+    if base is not None and ort is not None:
+        targets["onnx_speedup_vs_torch"] = ort["speedup_vs_torch"]
+        targets["onnx_1_2x_faster"] = ort["speedup_vs_torch"] >= 1.2
+    fastest = min(ran, key=lambda r: r["stages"]["total"]["p50"]) if ran else None
+    if fastest is not None:
+        targets["overhead_backend"] = fastest["backend"]
+        targets["overhead_fraction"] = fastest["overhead_fraction_p50"]
+        targets["overhead_within_3pct"] = fastest["overhead_fraction_p50"] <= 0.03
+    return {"settings": asdict(s), "backends": rows, "targets": targets}
+
+
+def relations(pipe: DepthPipeline, resolution: int, repeats: int = 3) -> list[dict[str, Any]]:
+    """Relations that hold whatever the machine's noise (for the quick mode): a 1-step run costs less than a
+    10-step run, and ensemble members batched into one U-Net call cost less per member than one call each."""
+    one = measure(pipe, LatencySettings(resolution, 1, 1, "trailing", repeats=repeats))
+    ten = measure(pipe, LatencySettings(resolution, 10, 1, "trailing", repeats=repeats))
+    ens = LatencySettings(resolution, 2, 5, "trailing", repeats=repeats)
+    batched = measure(pipe, ens, pipeline_batch_size=0)
+    single = measure(pipe, ens, pipeline_batch_size=1)
+    t1, t10 = one["stages"]["total"]["p50"], ten["stages"]["total"]["p50"]
+    u_batched, u_single = batched["stages"]["unet"]["p50"] / 5, single["stages"]["unet"]["p50"] / 5
+    return [
+        {"relation": "1-step run < 10-step run (total p50)", "holds": t1 < t10, "values": [t1, t10]},
+        {"relation": "U-Net per member: 5 members in one call < one call each", "holds": u_batched < u_single,
+         "values": [u_batched, u_single]},
+    ]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The suite's body: settings, one row per backend (stage p50s in ms), p90 of the total, targets."""
+    s = report["settings"]
+    ms = 1000.0
+    lines = [f"Setting: {s['steps']} step(s) × {s['ensemble']} member(s), {s['spacing']} spacing, "
+             f"{s['resolution']} px, {s['batch_size']} image(s) per call; {s['warmup']} warm-up + {s['repeats']} "
+             "measured runs per backend "
+             "(p50 unless noted). *networks* is the time inside network calls; *overhead* is everything else "
+             "(preprocess, noise, DDIM arithmetic, ensembling, resize, PNG write).", "",
+             "| backend | preprocess | VAE encode | U-Net (per step) | VAE decode | ensemble | postprocess | write | "
+             "total p50 | total p90 | images/s | networks | overhead | × torch | peak RSS MiB | device MiB |",
+             "|---|" + "---|" * 15]
+    for r in report["backends"]:
+        if "stages" not in r:
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |" + " |" * 14)
+            continue
+        st = r["stages"]
+        dev = "-" if r["device_peak_mib"] is None else f"{r['device_peak_mib']:.0f}"
+        rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        lines.append(
+            f"| {r['backend']} | {ms * st['preprocess']['p50']:.2f} | {ms * st['encode']['p50']:.2f} | "
+            f"{ms * st['unet']['p50']:.2f} ({ms * r['unet_per_step_p50']:.2f}) | {ms * st['decode']['p50']:.2f} | "
+            f"{ms * st['ensemble']['p50']:.2f} | {ms * st['postprocess']['p50']:.2f} | {ms * st['write']['p50']:.2f} | "
+            f"{ms * st['total']['p50']:.2f} | {ms * st['total']['p90']:.2f} | {r['images_per_s']:.1f} | "
+            f"{ms * st['networks']['p50']:.2f} | {100 * r['overhead_fraction_p50']:.1f}% | "
+            f"{r.get('speedup_vs_torch', float('nan')):.2f} | {rss} | {dev} |")
+    t = report["targets"]
+    lines += ["", "All times in ms."]
+    if "onnx_speedup_vs_torch" in t:
+        lines.append(f"- ONNX Runtime fp32 vs PyTorch eager, whole pipeline: {t['onnx_speedup_vs_torch']:.2f}x "
+                     f"(target ≥1.2x: {'met' if t['onnx_1_2x_faster'] else 'NOT met'})")
+    if "overhead_fraction" in t:
+        lines.append(f"- Runtime overhead (all but network calls) on the fastest backend ({t['overhead_backend']}): "
+                     f"{100 * t['overhead_fraction']:.1f}% of pipeline time (target ≤3%: "
+                     f"{'met' if t['overhead_within_3pct'] else 'NOT met'})")
+    for rel in report.get("relations", []):
+        lines.append(f"- Relation: {rel['relation']}: {'holds' if rel['holds'] else 'DOES NOT HOLD'} "
+                     f"({', '.join(f'{1000 * v:.2f} ms' for v in rel['values'])})")
+    return "\n".join(lines)
+
+
+__all__ = ["BACKENDS", "BackendChoice", "LatencySettings", "TimedBackend", "choose_backends", "markdown", "measure",
+           "peak_host_rss", "relations", "run_latency", "bench_images", "torch_pipeline"]
