@@ -6,6 +6,7 @@
 set -euo pipefail
 md=${1:-benchmarks/results/depth_eval_procedural.md}
 out=eval/procedural
+rm -rf "$out"  # from scratch: the trivial predictions below are rewritten in place, which resuming cannot detect
 declare -A models=(
   ["L_v"]=runs/ablation_b3/baseline/checkpoint
   ["L_v + L_depth"]=runs/ablation_b3/depth_loss/checkpoint

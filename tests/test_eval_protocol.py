@@ -164,6 +164,23 @@ def test_cli_model_predictions_rescore_identically(tmp_path: Path) -> None:
     assert settings["source"]["steps"] == 1 and settings["source"]["checkpoint"] == "agdepth/weights/tiny"
 
 
+def test_retrained_weights_at_the_same_path_are_not_resumed(tmp_path: Path) -> None:
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree("agdepth/weights/tiny", ckpt)
+    args = ["--dataset", "procedural-forest", "--count", "1", "--size", "32", "--no-progress", "--checkpoint",
+            str(ckpt), "--out", str(tmp_path / "out")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "resuming: 1 of 1" in r.output, r.output
+    weights = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # "retrained": same path, new file
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "other settings" in r.output and "weights" in r.output, r.output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+
+
 def test_cli_needs_exactly_one_source() -> None:
     r = CliRunner().invoke(main, ["--dataset", "procedural-forest"])
     assert r.exit_code == 2 and "exactly one of --engine, --checkpoint, --predictions" in r.output

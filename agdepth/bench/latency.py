@@ -351,7 +351,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['backend']} | {ms * st['preprocess']['p50']:.2f} | {ms * st['encode']['p50']:.2f} | "
             f"{ms * st['unet']['p50']:.2f} ({ms * r['unet_per_step_p50']:.2f}) | {ms * st['decode']['p50']:.2f} | "
             f"{ms * st['ensemble']['p50']:.2f} | {ms * st['postprocess']['p50']:.2f} | {ms * st['write']['p50']:.2f} | "
-            f"{ms * st['total']['p50']:.2f} | {ms * st['total']['p90']:.2f} | {r['images_per_s']:.1f} | "
+            f"{ms * st['total']['p50']:.2f} | {ms * st['total']['p90']:.2f} | {r['images_per_s']:.3g} | "
             f"{ms * st['networks']['p50']:.2f} | {100 * r['overhead_fraction_p50']:.1f}% | "
             f"{r.get('speedup_vs_torch', float('nan')):.2f} | {rss} | {dev} |")
     t = report["targets"]

@@ -18,7 +18,13 @@ import click
 import numpy as np
 
 from agdepth.evaluation.datasets import DATASETS, EvalSample, build_dataset
-from agdepth.evaluation.protocol import PredictionsDir, Predictor, evaluate_dataset, markdown_row
+from agdepth.evaluation.protocol import (
+    PredictionsDir,
+    Predictor,
+    evaluate_dataset,
+    markdown_row,
+    weights_fingerprint,
+)
 from agdepth.evaluation.tables import assemble, load_results
 
 ALIGNMENTS = {"depth": "least_squares", "disparity": "least_squares_disparity"}
@@ -132,7 +138,8 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
                                              seed)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise click.UsageError(str(e)) from e
-        settings["source"] = {"engine" if engine else "checkpoint": str(sources[0]), **used}
+        settings["source"] = {"engine" if engine else "checkpoint": str(sources[0]), **used,
+                              "weights": weights_fingerprint(sources[0])}
     label = label or sources[0].stem or sources[0].name
     out = out or Path("eval") / ds.name / label
     try:

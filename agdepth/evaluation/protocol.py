@@ -66,6 +66,24 @@ def resize_to(pred: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def weights_fingerprint(source: str | Path) -> str:
+    """A short hash of the names, sizes and modification times of a model's files (a checkpoint directory, or the
+    engines directory of an ``.onnx``/``.plan`` file): retrained or re-exported weights at the same path change it, so
+    a results folder of the old weights is not resumed with the new ones."""
+    import hashlib
+
+    root = Path(source)
+    root = root if root.is_dir() else root.parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_SUFFIXES):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+MODEL_SUFFIXES = (".safetensors", ".json", ".onnx", ".data", ".plan", ".npy")
+
+
 class PredictionsDir:
     """Saved predictions as ``DIR/<sample name with .npy suffix>`` (the layout ``--save-predictions`` writes)."""
 
