@@ -147,6 +147,11 @@ class ShapeRange:
         return cls(*d["batch"], *d["resolution"])
 
 
+def vae_scale_factor(vae: Any) -> int:
+    """The VAE's spatial downsampling: 2 ** (blocks - 1), as diffusers computes it (8 for SD's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def describe_networks(vae_scale_factor: int, text_tokens: int, text_dim: int) -> dict[str, NetworkSpec]:
     """The three networks of a checkpoint whose VAE downsamples by ``vae_scale_factor`` and whose empty-prompt
     embedding is [1, text_tokens, text_dim]."""
@@ -220,4 +225,5 @@ def torch_modules(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torc
             "vae_decoder": VAEDecoderWrapper(vae).eval()}
 
 
-__all__ = ["NETWORK_NAMES", "NetworkSpec", "ShapeRange", "TensorSpec", "describe_networks", "torch_modules"]
+__all__ = ["NETWORK_NAMES", "NetworkSpec", "ShapeRange", "TensorSpec", "describe_networks", "torch_modules",
+           "vae_scale_factor"]

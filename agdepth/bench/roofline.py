@@ -17,7 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from agdepth.networks import NETWORK_NAMES, describe_networks, torch_modules
+from agdepth.networks import NETWORK_NAMES, describe_networks, torch_modules, vae_scale_factor
 
 RTX3090_FP16_TENSOR_FLOPS = 71e12  # dense fp16 tensor-core FLOP/s with fp32 accumulate (GA102 datasheet)
 FLOP_COUNTER_NOTE = ("torch.utils.flop_counter.FlopCounterMode: 2 FLOPs per multiply-add of matmul/conv/attention; "
@@ -36,10 +36,6 @@ def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         module(*inputs)
     return int(counter.get_total_flops())
-
-
-def vae_scale_factor(vae: Any) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)  # diffusers' rule, as the runtime backends use it
 
 
 def _network_inputs(models: Any, batch: int, height: int, width: int) -> dict[str, list[torch.Tensor]]:

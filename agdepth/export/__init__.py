@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from agdepth.export.tensorrt_build import tensorrt_status
-from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch_modules
+from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch_modules, vae_scale_factor
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
     index = models.extra.get("model_index") or {}
     sched_cfg = models.extra.get("scheduler_config") or {}
     defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
-    f = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    f = vae_scale_factor(models.vae)
     emb = models.empty_text_embedding.float()
     specs = describe_networks(f, emb.shape[1], emb.shape[2])
     modules = torch_modules(models.unet.eval(), models.vae.eval())

@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from agdepth.checkpoint import load_checkpoint, marigold_schedule
-from agdepth.networks import torch_modules
+from agdepth.networks import torch_modules, vae_scale_factor
 from agdepth.runtime.backends import BackendBase, DepthBackend, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
 
@@ -26,7 +26,7 @@ class TorchBackend(BackendBase, DepthBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self._f = 2 ** (len(vae.config.block_out_channels) - 1)  # diffusers' rule
+        self._f = vae_scale_factor(vae)
         self._device = torch.device(device)
         self._dtype = dtype
         self.unet = self._place(unet, self._device, dtype)
