@@ -112,13 +112,12 @@ def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: 
                   spacing: str | None, batch_size: int, warmup: int, repeats: int, compile_mode: str | None,
                   quick: bool, work_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Run the latency suite; returns the report and the relations that failed (quick mode)."""
-    from agdepth.bench.latency import LatencySettings, choose_backends, relations, run_latency, torch_pipeline
+    from agdepth.bench.latency import LatencySettings, checkpoint_defaults, choose_backends, relations, run_latency
     from agdepth.bench.report import report_meta
 
     report = report_meta()
-    probe = torch_pipeline(checkpoint, random_weights, "cpu", torch.float32) if engine is None else None
-    if probe is not None:
-        d = probe.backend.defaults
+    if engine is None:
+        d = checkpoint_defaults(checkpoint, random_weights)
     else:
         from agdepth.export import Manifest
         from agdepth.runtime.backends import RuntimeDefaults
@@ -264,10 +263,11 @@ def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: 
         repeats, peak_n = 2, 512
     report = report_meta()
     if random_weights == "sd2":
+        from agdepth.bench.latency import sd2_random_defaults
         from agdepth.models import build_sd2_random
 
         models = build_sd2_random()
-        d = RuntimeDefaults(steps=1, processing_resolution=768, ensemble_size=1, timestep_spacing="trailing")
+        d = sd2_random_defaults()
     else:
         models = load_checkpoint(checkpoint or default_checkpoint())
         d = RuntimeDefaults.from_model_index(models.extra.get("model_index"), models.extra.get("scheduler_config"))

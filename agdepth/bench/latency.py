@@ -172,13 +172,35 @@ class BackendChoice:
     skipped: str | None = None  # why a requested backend did not run
 
 
+def sd2_random_defaults() -> Any:
+    """Inference settings of ``--random-weights sd2``: Marigold's 768 px at 1 step trailing (no checkpoint to ask)."""
+    from agdepth.runtime.backends import RuntimeDefaults
+
+    return RuntimeDefaults(steps=1, processing_resolution=768, ensemble_size=1, timestep_spacing="trailing")
+
+
+def checkpoint_defaults(checkpoint: Path | None, random_weights: str | None) -> Any:
+    """A checkpoint's inference defaults read from its JSON files, without loading any weights."""
+    import json
+
+    from agdepth import default_checkpoint
+    from agdepth.checkpoint import read_model_index
+    from agdepth.runtime.backends import RuntimeDefaults
+
+    if random_weights is not None:
+        return sd2_random_defaults()
+    ckpt = Path(checkpoint or default_checkpoint())
+    sched = ckpt / "scheduler" / "scheduler_config.json"
+    return RuntimeDefaults.from_model_index(read_model_index(ckpt),
+                                            json.loads(sched.read_text()) if sched.is_file() else None)
+
+
 def torch_pipeline(checkpoint: Path | None, random_weights: str | None, device: str, dtype: torch.dtype,
                    compile_mode: str | None = None) -> DepthPipeline:
     """PyTorch eager (``compile_mode`` None), or ``torch.compile`` of the U-Net ("default", or "reduce-overhead":
     CUDA graphs). ``random_weights="sd2"`` builds SD2's architecture with random weights (same cost as the real one)."""
     from agdepth import default_checkpoint
     from agdepth.checkpoint import marigold_schedule
-    from agdepth.runtime.backends import RuntimeDefaults
     from agdepth.runtime.backends.torch_backend import TorchBackend
 
     if random_weights == "sd2":
@@ -186,8 +208,7 @@ def torch_pipeline(checkpoint: Path | None, random_weights: str | None, device: 
 
         m = build_sd2_random(torch_dtype=dtype)
         backend = TorchBackend(m.unet, m.vae, m.empty_text_embedding, marigold_schedule("trailing"),
-                               RuntimeDefaults(steps=1, processing_resolution=768, ensemble_size=1,
-                                               timestep_spacing="trailing"), device, dtype)
+                               sd2_random_defaults(), device, dtype)
     elif random_weights is not None:
         raise ValueError(f"--random-weights: only 'sd2' is known, got {random_weights!r}")
     else:
