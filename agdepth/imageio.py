@@ -237,11 +237,20 @@ def _unit_map(values: Any, what: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+# zlib level for every PNG written. Pillow's default (6) made the 16-bit write of a 768 px map slower than all three
+# networks on a GPU (benchmarks/results/bench_latency_sd2_h200.md); level 1 writes 3.4-3.9x faster for files 21-46 %
+# larger (benchmarks/results/png_write.md). A deployment runtime is latency-bound, disk is not.
+PNG_COMPRESS_LEVEL = 1
+
+
+def _save_png(img: Image.Image) -> Callable[[IO[bytes]], None]:
+    return lambda f: img.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
 def write_depth_png16(path: PathLike, depth: Any) -> Path:
     """Write a [H,W] depth map in [0, 1] (clipped) as a 16-bit greyscale PNG holding ``round(depth * 65535)``."""
     q = np.round(_unit_map(depth, "depth") * 65535).astype("<u2")  # little-endian: Pillow's "I;16"
-    img = Image.fromarray(q)
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return _atomic_write(path, _save_png(Image.fromarray(q)))
 
 
 def write_npy(path: PathLike, array: Any) -> Path:
@@ -271,8 +280,7 @@ def colorize_depth(depth: Any) -> np.ndarray:
 
 def write_color_png(path: PathLike, depth: Any) -> Path:
     """Write :func:`colorize_depth` of a [H,W] depth map in [0, 1] as an 8-bit RGB PNG."""
-    img = Image.fromarray(colorize_depth(depth))
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return _atomic_write(path, _save_png(Image.fromarray(colorize_depth(depth))))
 
 
 def uncertainty_to_grey(unc: Any, saturation_percentile: float = 95.0) -> np.ndarray:
@@ -299,8 +307,7 @@ def uncertainty_to_grey(unc: Any, saturation_percentile: float = 95.0) -> np.nda
 
 def write_uncertainty_png(path: PathLike, unc: Any, saturation_percentile: float = 95.0) -> Path:
     """Write :func:`uncertainty_to_grey` of a [H,W] uncertainty map as an 8-bit greyscale PNG."""
-    img = Image.fromarray(uncertainty_to_grey(unc, saturation_percentile))
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return _atomic_write(path, _save_png(Image.fromarray(uncertainty_to_grey(unc, saturation_percentile))))
 
 
 def output_paths(out_dir: PathLike, stem: PathLike, formats: Iterable[str] | str, uncertainty: bool) -> dict[str, Path]:

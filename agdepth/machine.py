@@ -24,6 +24,9 @@ def machine_info() -> dict[str, object]:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():  # a GPU timing is meaningless without the card that gave it
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = f"{props.name}, {props.total_memory // 2**20} MiB, CUDA {torch.version.cuda}"
     except ImportError:
         pass
     return info
@@ -47,6 +50,7 @@ def report_header(report: dict) -> list[str]:
     return [
         f"Command: `{report['command']}`  ",
         f"Date (UTC): {report['date']}  ",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, {m['platform']}  ",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, {m['platform']}"
+        + (f"; GPU: {m['gpu']}" if m.get("gpu") else "; no GPU") + "  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
     ]

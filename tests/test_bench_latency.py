@@ -70,6 +70,23 @@ def test_peak_host_rss_sees_a_transient_allocation() -> None:
     assert mem["peak_rss_mib"] >= base["peak_rss_mib"] + 60
 
 
+def test_report_header_names_the_gpu_that_timed_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from agdepth.machine import machine_info, report_header
+
+    class Props:
+        name, total_memory = "NVIDIA GeForce RTX 3090", 24 * 2**30
+
+    meta = {"command": "depth-bench latency", "date": "2026-11-26", "versions": {}}
+    here = report_header({**meta, "machine": machine_info()})[2]
+    assert here.endswith("; no GPU  ") != torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props)
+    gpu = report_header({**meta, "machine": machine_info()})[2]
+    assert "GPU: NVIDIA GeForce RTX 3090, 24576 MiB" in gpu
+
+
 def test_backends_that_cannot_run_are_skipped_with_the_reason(tmp_path: Path) -> None:
     choices = choose_backends(["torch", "torch-fp16", "tensorrt"], None, None, None, "cpu", None, 64, 10, tmp_path,
                               print)
