@@ -60,6 +60,43 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos: Path, tmp_path: Pat
     assert sorted(p.name for p in out.iterdir()) == ["room_depth.npy", "street_depth.npy"]
 
 
+def test_a_failed_write_stops_the_run_and_names_the_input(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "room_depth.npy").mkdir(parents=True)  # a folder where room.png's output must go
+    code, text = run(str(photos), "--out", str(out), "--formats", "npy", "--overwrite")
+    assert code == 1
+    assert "error: could not write the outputs of" in text and "room.png" in text
+
+
+def test_background_writes_match_direct_writes(tmp_path: Path) -> None:
+    from agdepth.imageio import output_paths, write_outputs
+    from agdepth.runtime.writer import BackgroundWriter
+
+    maps = [np.random.default_rng(i).random((24, 32)).astype(np.float32) for i in range(9)]
+    writer = BackgroundWriter(max_pending=2)  # a queue shorter than the work, so submit has to wait
+    for i, m in enumerate(maps):
+        writer.submit(f"img{i}", output_paths(tmp_path / "bg", f"img{i}", "png16,npy", False), m)
+    writer.close()
+    for i, m in enumerate(maps):
+        direct = output_paths(tmp_path / "direct", f"img{i}", "png16,npy", False)
+        write_outputs(direct, m)
+        bg = output_paths(tmp_path / "bg", f"img{i}", "png16,npy", False)
+        assert np.array_equal(np.load(bg["npy"]), m)
+        assert bg["png16"].read_bytes() == direct["png16"].read_bytes()
+
+
+def test_device_choice(photos: Path, tmp_path: Path) -> None:
+    import torch
+
+    code, text = run(str(photos), "--out", str(tmp_path / "o"), "--device", "cuda", "--formats", "npy")
+    if torch.cuda.is_available():
+        assert code == 0 and "on cuda" in text
+    else:
+        assert code == 2 and "PyTorch sees no CUDA GPU" in text
+    code, text = run(str(photos), "--out", str(tmp_path / "auto"), "--formats", "npy")
+    assert code == 0 and ("on cuda" if torch.cuda.is_available() else "on cpu") in text
+
+
 def test_refuses_to_overwrite(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run(str(photos / "room.png"), "--out", str(out), "--formats", "npy")[0] == 0

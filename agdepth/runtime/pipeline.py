@@ -93,10 +93,12 @@ class DepthPipeline:
         return cls(TorchBackend.from_checkpoint(path, device=device, dtype=dtype))
 
     @classmethod
-    def from_engine(cls, path: str | Path, providers: list[str] | None = None) -> DepthPipeline:
+    def from_engine(cls, path: str | Path, providers: list[str] | None = None,
+                    device: str | torch.device = "cpu") -> DepthPipeline:
         """Backend chosen by what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and
         settings from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory
-        -> PyTorch; ``*.plan`` -> TensorRT (the engines of the manifest beside it; a clear error without TensorRT)."""
+        -> PyTorch on ``device``; ``*.plan`` -> TensorRT (the engines of the manifest beside it; a clear error without
+        TensorRT)."""
         path = Path(path)
         if path.suffix == ".plan":
             from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
@@ -106,7 +108,7 @@ class DepthPipeline:
             if (path / "manifest.json").is_file():
                 return cls(_onnx_backend(path, "fp32", providers))
             if (path / "model_index.json").is_file() or (path / "unet").is_dir():
-                return cls.from_checkpoint(path)
+                return cls.from_checkpoint(path, device=device)
             raise FileNotFoundError(f"{path} has neither manifest.json (depth-export output) nor model_index.json")
         if path.suffix != ".onnx":
             raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .plan or a directory)")
