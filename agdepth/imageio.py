@@ -238,7 +238,7 @@ def _unit_map(values: Any, what: str) -> np.ndarray:
 
 
 # zlib level for every PNG written. Pillow's default (6) made the 16-bit write of a 768 px map slower than all three
-# networks on a GPU (benchmarks/results/bench_latency_sd2_h200.md); level 1 writes 3.4-3.9x faster for files 21-46 %
+# networks on a GPU (benchmarks/results/bench_latency_sd2_h200.md); level 1 writes 3.5-3.9x faster for files 21-46 %
 # larger (benchmarks/results/png_write.md). A deployment runtime is latency-bound, disk is not.
 PNG_COMPRESS_LEVEL = 1
 

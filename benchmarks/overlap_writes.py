@@ -12,8 +12,6 @@ modes alternate, ``--repeats`` times each, and the median is reported.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -24,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from agdepth import default_checkpoint
+from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.imageio import output_paths, write_outputs
-from agdepth.machine import machine_info, package_versions, report_header
 from agdepth.runtime import DepthPipeline
 from agdepth.runtime.writer import BackgroundWriter
 
@@ -59,6 +57,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args()
+    meta = report_meta("python benchmarks/overlap_writes.py " + shlex.join(sys.argv[1:]), ("torch", "pillow", "numpy"))
     size = (args.size[0], args.size[1])
     images = [render_scene(EVAL_DOMAINS[i % len(EVAL_DOMAINS)], i, size, "test").rgb for i in range(args.count)]
     pipe = DepthPipeline.from_checkpoint(default_checkpoint(), device=args.device)
@@ -70,26 +69,20 @@ def main() -> None:
                 times[mode].append(run_once(pipe, images, Path(tmp) / f"{mode}{r}", mode == "background"))
     rate = {m: args.count / statistics.median(v) for m, v in times.items()}
     report = {
-        "command": "python benchmarks/overlap_writes.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": package_versions(("torch", "pillow", "numpy")),
+        **meta,
         "device": args.device, "count": args.count, "size": list(size), "formats": FORMATS,
         "seconds": times, "images_per_s": rate,
     }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Writing outputs inline or on depth-run's background writer ({args.device})", "",
-             *report_header(report), "",
-             f"{args.count} procedural test images of {size[0]}×{size[1]}, the bundled model at its default setting, "
+    stamp_end(report)
+    lines = [f"{args.count} procedural test images of {size[0]}×{size[1]}, the bundled model at its default setting, "
              f"8 images per call, outputs {FORMATS}; median of {args.repeats} alternating runs per mode.", "",
              "| writes | seconds (runs) | images/s |", "|---|---|---|"]
     for m, v in times.items():
         lines.append(f"| {m} | {statistics.median(v):.2f} ({', '.join(f'{x:.2f}' for x in v)}) | {rate[m]:.1f} |")
     lines += ["", f"Background over inline: {rate['background'] / rate['inline']:.2f}×."]
-    text = "\n".join(lines) + "\n"
-    if args.md:
-        args.md.write_text(text)
+    title = f"Writing outputs inline or on depth-run's background writer ({args.device})"
+    text = markdown_document(title, report, "\n".join(lines))
+    write_report(report, text, args.json, args.md)
     print(text)
 
 

@@ -10,8 +10,6 @@ size), as fp32 maps and rounded through float16 (what an fp16 decoder hands back
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -22,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from agdepth import default_checkpoint, imageio
+from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
-from agdepth.machine import machine_info, package_versions, report_header
 from agdepth.runtime import DepthPipeline
 
 LEVELS = (1, 3, 6)  # 6: Pillow's default
@@ -52,6 +50,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args()
+    meta = report_meta("python benchmarks/png_write.py " + shlex.join(sys.argv[1:]), ("pillow", "numpy"))
     pipe = DepthPipeline.from_checkpoint(default_checkpoint())
     rgb = [render_scene(EVAL_DOMAINS[i % len(EVAL_DOMAINS)], i, (args.size, args.size), "test").rgb
            for i in range(args.images)]
@@ -67,27 +66,22 @@ def main() -> None:
                 rows.append({"maps": kind, "level": level, "ms": 1000 * seconds, "kib": size / 1024})
     imageio.PNG_COMPRESS_LEVEL = default_level
     report = {
-        "command": "python benchmarks/png_write.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": package_versions(("pillow", "numpy")),
+        **meta,
         "size": args.size, "images": args.images, "repeats": args.repeats, "project_level": default_level,
         "rows": rows,
     }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    stamp_end(report)
     by = {(r["maps"], r["level"]): r for r in rows}
-    lines = [f"# 16-bit depth PNG write, {args.size}×{args.size}, by zlib level", "", *report_header(report), "",
-             f"Median of {args.images} maps × {args.repeats} repeats per row; the project writes at level "
+    lines = [f"Median of {args.images} maps × {args.repeats} repeats per row; the project writes at level "
              f"{default_level}, Pillow's default is 6.", "",
              "| maps | level | write | file | faster than level 6 | larger than level 6 |", "|---|---|---|---|---|---|"]
     for r in rows:
         ref = by[(r["maps"], 6)]
         lines.append(f"| {r['maps']} | {r['level']} | {r['ms']:.1f} ms | {r['kib']:.0f} KiB | "
                      f"{ref['ms'] / r['ms']:.1f}× | {100 * (r['kib'] / ref['kib'] - 1):.1f} % |")
-    text = "\n".join(lines) + "\n"
-    if args.md:
-        args.md.write_text(text)
+    title = f"16-bit depth PNG write, {args.size}×{args.size}, by zlib level"
+    text = markdown_document(title, report, "\n".join(lines))
+    write_report(report, text, args.json, args.md)
     print(text)
 
 

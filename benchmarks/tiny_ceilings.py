@@ -25,8 +25,6 @@ the source's camera settings: scenes the model was trained on) and on as many un
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -37,12 +35,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from agdepth import default_checkpoint
+from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
 from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, DEPTH_RANGES, EVAL_DOMAINS, camera_overrides, render_scene
 from agdepth.depth_norm import normalize_depth
 from agdepth.evaluation.datasets import EvalSample, ProceduralEvalDataset
 from agdepth.evaluation.procedural import mean_train_depth
 from agdepth.evaluation.protocol import resize_to, score
-from agdepth.machine import machine_info, package_versions, report_header
 from agdepth.runtime import DepthPipeline
 from agdepth.training.config import load_config
 
@@ -105,6 +103,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args()
+    meta = report_meta("python benchmarks/tiny_ceilings.py " + shlex.join(sys.argv[1:]),
+                      ("torch", "diffusers", "numpy", "scipy"))
     size = (args.size, args.size)
     pipe = DepthPipeline.from_checkpoint(args.checkpoint or default_checkpoint())
     proc_res = pipe.backend.defaults.processing_resolution
@@ -134,20 +134,14 @@ def main() -> None:
 
     own = training_domains(pipe, trivial, args.count, size)
     report = {
-        "command": "python benchmarks/tiny_ceilings.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": package_versions(("torch", "diffusers", "numpy", "scipy")),
+        **meta,
         "count_per_domain": args.count, "size": list(size), "processing_resolution": proc_res,
         "abs_rel": table,
         "training_domains_abs_rel": own,
     }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    stamp_end(report)
     head = " | ".join(f"{d} ({sp})" for d in EVAL_DOMAINS for sp in SPACES)
-    lines = [f"# Ceilings on the unseen procedural domains ({args.count} test scenes each, {size[0]}×{size[1]})", "",
-             *report_header(report), "",
-             "AbsRel in % after the per-image least-squares fit in the named space (`protocol.score`); '-' where a "
+    lines = ["AbsRel in % after the per-image least-squares fit in the named space (`protocol.score`); '-' where a "
              "row has no prediction in that space. The bar is half the trivial predictor's AbsRel.", "",
              f"| prediction | {head} |", "|---|" + "---|" * (len(EVAL_DOMAINS) * len(SPACES))]
     bar = {d: {sp: v / 2 for sp, v in table["trivial (mean training depth)"][d].items()} for d in EVAL_DOMAINS}
@@ -160,9 +154,9 @@ def main() -> None:
               "| scenes | checkpoint | best plane | trivial |", "|---|---|---|---|"]
     lines += [f"| {k} | {100 * v['checkpoint']:.1f} | {100 * v['best plane']:.1f} | {100 * v['trivial']:.1f} |"
               for k, v in own.items()]
-    text = "\n".join(lines) + "\n"
-    if args.md:
-        args.md.write_text(text)
+    text = markdown_document(f"Ceilings on the unseen procedural domains ({args.count} test scenes each, "
+                             f"{size[0]}×{size[1]})", report, "\n".join(lines))
+    write_report(report, text, args.json, args.md)
     print(text)
 
 
