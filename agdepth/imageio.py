@@ -227,6 +227,11 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def _unit_map(values: Any, what: str) -> np.ndarray:
     """Validate a finite 2-D map and clip it to [0, 1] (float64, so ``round(x * 65535)`` is exact)."""
     arr = np.asarray(values, dtype=np.float64)

@@ -110,6 +110,11 @@ class ShapeRange:
     def resolution(self) -> tuple[int, int, int]:
         return self.min_resolution, self.opt_resolution, self.max_resolution
 
+    @property
+    def is_static(self) -> bool:
+        """One shape only (``depth-export --static``): a fixed batch and a square canvas."""
+        return self.min_batch == self.max_batch and self.min_resolution == self.max_resolution
+
     @classmethod
     def for_model(cls, vae_scale_factor: int, max_resolution: int, opt_resolution: int, max_batch: int,
                   opt_batch: int = 1, min_resolution: int | None = None, static: bool = False) -> ShapeRange:
@@ -126,7 +131,16 @@ class ShapeRange:
         return cls(1, opt_batch, max_batch, mn, up(opt_resolution), up(max_resolution))
 
     def check(self, batch: int, height: int, width: int) -> None:
-        """Raise before any work when a call falls outside the exported range (names the range)."""
+        """Raise before any work when a call falls outside the exported range (names the range).
+
+        Static ranges take any batch up to theirs (backends pad the rows; batch rows are independent) and exactly
+        their canvas (the pipeline pads images to it)."""
+        if self.is_static:
+            side = self.max_resolution
+            if batch > self.max_batch or (height, width) != (side, side):
+                raise ValueError(f"static engines take up to {self.max_batch} rows of exactly {side}x{side} px, got "
+                                 f"{batch} rows of {height}x{width} px (re-export without --static for other sizes)")
+            return
         problems = []
         if not self.min_batch <= batch <= self.max_batch:
             problems.append(f"batch {batch} outside [{self.min_batch}, {self.max_batch}]")

@@ -1,10 +1,11 @@
 """Accuracy parity between backends: network by network through Polygraphy's comparator, and end to end.
 
 Network level: every backend's runner gets the same feeds (:meth:`NetworkSpec.sample_inputs` at the profile's
-optimum and at a small non-square shape); ``Comparator.compare_accuracy`` checks each against PyTorch fp32 with
-metrics suited to dense depth/latent maps rather than only element-wise tolerances: SNR (dB) and cosine similarity,
-plus the max absolute difference for reference. End to end: the depth maps of procedural scenes through each
-backend's full pipeline (same seed), AbsRel and δ1 against PyTorch's map (:func:`agdepth.metrics.backend_agreement`).
+optimum and, unless the export is static, at a small non-square shape); ``Comparator.compare_accuracy`` checks each
+against PyTorch fp32 with metrics suited to dense depth/latent maps rather than only element-wise tolerances: SNR (dB)
+and cosine similarity, plus the max absolute difference for reference. TensorRT is compared through the runtime's own
+backend. End to end: the depth maps of procedural scenes through each backend's full pipeline (the same initial
+latents, drawn on the CPU), AbsRel and δ1 against PyTorch's map (:func:`agdepth.metrics.backend_agreement`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from agdepth.export.tensorrt_build import tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, describe_networks, torch_modules
 
 # pass/fail thresholds of the network comparison (the bundled model's fp16 graphs reach 58-69 dB, fp32 126-135 dB)
-SNR_DB = {"fp32": 80.0, "fp16": 40.0, "tensorrt": 40.0}
-COSINE = {"fp32": 0.999999, "fp16": 0.999, "tensorrt": 0.999}
+SNR_DB = {"fp32": 80.0, "fp16": 40.0, "fp16-trt": 40.0, "tensorrt": 40.0}
+COSINE = {"fp32": 0.999999, "fp16": 0.999, "fp16-trt": 0.999, "tensorrt": 0.999}
 
 
 @dataclass
@@ -46,7 +47,6 @@ class ParityReport:
 def _torch_runner(module: torch.nn.Module, spec: NetworkSpec, name: str) -> Any:
     """A Polygraphy runner over a CPU PyTorch module (Polygraphy's PytRunner moves inputs to CUDA)."""
     from polygraphy.backend.base import BaseRunner
-    from polygraphy.common import TensorMetadata
 
     class TorchCpuRunner(BaseRunner):
         def __init__(self) -> None:
@@ -59,20 +59,56 @@ def _torch_runner(module: torch.nn.Module, spec: NetworkSpec, name: str) -> Any:
             pass
 
         def get_input_metadata_impl(self) -> Any:
-            meta = TensorMetadata()
-            for t in spec.inputs:
-                meta.add(t.name, np.int64 if t.dtype == "int64" else np.float32,
-                         tuple(d if isinstance(d, int) else -1 for d in t.dims))
-            return meta
+            return _input_metadata(spec)
 
         def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = module(*(torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in spec.input_names))
             self.inference_time = time.perf_counter() - t0
-            return OrderedDict([(spec.output_names[0], out.numpy())])
+            return OrderedDict([(spec.output_names[0], np.ascontiguousarray(out.numpy()))])
 
     return TorchCpuRunner()
+
+
+def _backend_runner(backend: Any, spec: NetworkSpec, name: str) -> Any:
+    """A Polygraphy runner over one network call of a :class:`agdepth.runtime.backends.DepthBackend` (the TensorRT
+    backend: what ``depth-run`` executes, buffers, padding and all, rather than a second way of running the engine)."""
+    from polygraphy.backend.base import BaseRunner
+
+    call = {"unet": backend.denoise, "vae_encoder": backend.encode, "vae_decoder": backend.decode}[spec.name]
+
+    class BackendRunner(BaseRunner):
+        def __init__(self) -> None:
+            super().__init__(name=name, prefix="backend-runner")
+
+        def activate_impl(self) -> None:
+            pass
+
+        def deactivate_impl(self) -> None:
+            pass
+
+        def get_input_metadata_impl(self) -> Any:
+            return _input_metadata(spec)
+
+        def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
+            t0 = time.perf_counter()
+            out = call(*(torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(backend.device)
+                         for n in spec.input_names))
+            self.inference_time = time.perf_counter() - t0
+            return OrderedDict([(spec.output_names[0], out.float().cpu().numpy())])
+
+    return BackendRunner()
+
+
+def _input_metadata(spec: NetworkSpec) -> Any:
+    from polygraphy.common import TensorMetadata
+
+    meta = TensorMetadata()
+    for t in spec.inputs:
+        meta.add(t.name, np.int64 if t.dtype == "int64" else np.float32,
+                 tuple(d if isinstance(d, int) else -1 for d in t.dims))
+    return meta
 
 
 def _snr_db(out: np.ndarray, ref: np.ndarray) -> float:
@@ -80,15 +116,15 @@ def _snr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / noise)
 
 
-def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], None] = print) -> list[dict]:
-    """Each network of each exported precision against the PyTorch module it came from."""
+def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], None] = print,
+                     trt_device: str = "cuda") -> list[dict]:
+    """Each network of each exported precision against the PyTorch module it came from (TensorRT's on
+    ``trt_device``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.compare import CosineSimilarityCompareFunc, SnrCompareFunc
     from polygraphy.logger import G_LOGGER
-
-    from agdepth.runtime.backends.tensorrt_backend import check_engines
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # our table says it; Polygraphy's per-output logs would bury it
     emb_shape = manifest.embedding().shape
@@ -96,14 +132,16 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
     specs = describe_networks(f, emb_shape[1], emb_shape[2])
     modules = torch_modules(UNet2DConditionModel.from_pretrained(checkpoint / "unet"),
                             AutoencoderKL.from_pretrained(checkpoint / "vae"))
-    # TensorRT joins when the manifest has engines and this machine can run them (checked like the backend does)
-    trt_info = manifest.data.get("tensorrt")
-    trt_files = trt_info["files"] if trt_info and tensorrt_status().available else None
-    if trt_files:
-        check_engines(trt_info, tensorrt_status(), str(manifest.root / "manifest.json"))
+    # TensorRT joins when the manifest has engines and this machine can run them (the backend checks them)
+    trt_backend = None
+    if manifest.data.get("tensorrt") and tensorrt_status().available:
+        from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        trt_backend = TensorRTBackend(manifest, device=trt_device)
     r = manifest.shapes
-    shapes = [(r.opt_batch, r.opt_resolution, r.opt_resolution),
-              (r.min_batch, r.min_resolution, min(2 * r.min_resolution, r.max_resolution))]
+    shapes = [(r.opt_batch, r.opt_resolution, r.opt_resolution)]
+    if not r.is_static:  # a static export has one shape: its engines take no other
+        shapes.append((r.min_batch, r.min_resolution, min(2 * r.min_resolution, r.max_resolution)))
     rows = []
     for name in NETWORK_NAMES:
         spec = specs[name]
@@ -112,16 +150,12 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
         runners = [_torch_runner(modules[name], spec, "pytorch-fp32")]
         for prec in manifest.precisions:
             runners.append(OnnxrtRunner(SessionFromOnnx(str(manifest.path(name, prec))), name=f"onnxruntime-{prec}"))
-        if trt_files:
-            from polygraphy.backend.common import BytesFromPath
-            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-            runners.append(TrtRunner(EngineFromBytes(BytesFromPath(str(manifest.root / trt_files[name]))),
-                                     name="tensorrt-fp16"))
+        if trt_backend is not None:
+            runners.append(_backend_runner(trt_backend, spec, "tensorrt-fp16"))
         results = Comparator.run(runners, data_loader=feeds)
         for i in range(1, len(runners)):
             runner_name, iterations = results[i]
-            prec = "tensorrt" if runner_name.startswith("tensorrt") else runner_name.rsplit("-", 1)[-1]
+            prec = "tensorrt" if runner_name.startswith("tensorrt") else runner_name.split("-", 1)[1]
             ok = all(bool(Comparator.compare_accuracy(results, comparisons=[(0, i)], compare_func=func))
                      for func in (SnrCompareFunc(snr_threshold=SNR_DB[prec]),
                                   CosineSimilarityCompareFunc(cosine_similarity_threshold=COSINE[prec])))
@@ -136,7 +170,7 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
 
 
 def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: list[tuple[int, int]],
-                       log: Callable[[str], None] = print) -> list[dict]:
+                       log: Callable[[str], None] = print, trt_device: str = "cuda") -> list[dict]:
     """Depth of ``count`` test scenes per procedural domain through every backend; PyTorch fp32 is the reference."""
     from agdepth.data.procedural import DOMAINS, render_scene
     from agdepth.metrics import backend_agreement
@@ -152,14 +186,20 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
     if manifest.data.get("tensorrt") and tensorrt_status().available:
         from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
 
-        pipes["tensorrt-fp16"] = DepthPipeline(TensorRTBackend(manifest, check_finite=True))
-    images = [render_scene(d, i, size=(240, 320), split="test").rgb for d in DOMAINS for i in range(count)]
+        pipes["tensorrt-fp16"] = DepthPipeline(TensorRTBackend(manifest, device=trt_device, check_finite=True))
+    r = manifest.shapes
+    # a static export is one square canvas: square scenes at its side, so no backend pads and all see the same input
+    size, res = ((r.max_resolution, r.max_resolution), r.max_resolution) if r.is_static else ((240, 320), None)
+    images = [render_scene(d, i, size=size, split="test").rgb for d in DOMAINS for i in range(count)]
     rows = []
     for steps, ens in settings:
         depth, secs = {}, {}
+        # one set of initial latents, drawn on the CPU, for every backend: a seed alone gives other numbers on CUDA
+        latents = pipes["pytorch-fp32"].initial_latents(images, ensemble=ens, processing_res=res, seed=0)
         for name, p in pipes.items():
             t0 = time.perf_counter()
-            depth[name] = p(images, steps=steps, ensemble=ens, timestep_spacing="trailing", seed=0).depth
+            depth[name] = p(images, steps=steps, ensemble=ens, processing_res=res, timestep_spacing="trailing",
+                            latents=latents).depth
             secs[name] = time.perf_counter() - t0
         for name in pipes:
             per = [backend_agreement(a, b) for a, b in zip(depth[name], depth["pytorch-fp32"], strict=True)]

@@ -91,8 +91,17 @@ def _timestep_embedding_nodes(model: onnx.ModelProto) -> list[str]:
     return blocked
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute with the sensitive parts in fp32 (module docstring); fp32 inputs and outputs."""
+def fp32_ops(softmax_fp32: bool = True) -> tuple[str, ...]:
+    """The op types :func:`to_fp16` keeps in fp32."""
+    return FP16_BLOCKED_OPS if softmax_fp32 else tuple(op for op in FP16_BLOCKED_OPS if op != "Softmax")
+
+
+def to_fp16(model: onnx.ModelProto, softmax_fp32: bool = True) -> onnx.ModelProto:
+    """fp16 weights and compute with the sensitive parts in fp32 (module docstring); fp32 inputs and outputs.
+
+    ``softmax_fp32=False`` keeps attention's MatMul → Softmax → MatMul chain in one precision (fp16), the form
+    TensorRT fuses into one attention kernel (which accumulates in fp32 itself); with Casts around an fp32 Softmax it
+    cannot fuse, and the unfused score tensor is huge at large sizes."""
     import onnxslim
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -100,7 +109,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the float32 number ... will be truncated": tiny weights, expected
         half = convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=list(FP16_BLOCKED_OPS),
+            model, keep_io_types=True, op_block_list=list(fp32_ops(softmax_fp32)),
             node_block_list=_timestep_embedding_nodes(model),
             disable_shape_infer=big,  # onnx's shape inference refuses models over 2 GB
         )

@@ -5,8 +5,8 @@ the engines are built from ``*.fp16.onnx`` with ``strongly_typed=True`` — whic
 from the same network descriptions as the export (:meth:`agdepth.networks.NetworkSpec.profile`). Engines are not
 portable across GPU models or TensorRT versions: file names carry both, and the manifest records them.
 
-NOT RUN in this project's development environment (no TensorRT builder can be installed there); checked by mypy
-against ``tensorrt-stubs`` and by the tests of everything around it.
+Checked without a GPU by contract tests against recording fakes of TensorRT and of these Polygraphy loaders
+(``tests/fake_tensorrt.py``), and by mypy against ``tensorrt-stubs`` and Polygraphy (``make typecheck``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from typing import Any
 
 from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks
 
-TIMING_CACHE = "timing.cache"
+MIN_VERSION = (10, 1)  # device_memory_size_v2 and set_device_memory(ptr, size) appeared in TensorRT 10.1
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` -> (10, 13, 0, 35); non-numeric suffixes (``"11.0.0rc1"``) are dropped."""
+    return tuple(int(m.group()) for m in (re.match(r"\d+", p) for p in str(version).split(".")) if m)
 
 
 @dataclass(frozen=True)
@@ -28,23 +33,45 @@ class TensorRTStatus:
     version: str | None = None
     gpu: str | None = None
 
+    @property
+    def major(self) -> int | None:
+        return parse_version(self.version)[0] if self.version else None
+
 
 def tensorrt_status() -> TensorRTStatus:
-    """Whether engines can be built here. Detected by real attributes: ``tensorrt-stubs`` creates a ``tensorrt``
-    namespace package, so ``import tensorrt`` succeeds with no API in it."""
+    """Whether TensorRT engines can be built and run here, and if not, why (one clause).
+
+    Detected by behaviour, not by import success: ``tensorrt-stubs`` creates a ``tensorrt`` namespace package with no
+    API, and a TensorRT wheel built for a newer CUDA than the driver supports imports fine but cannot start a runtime.
+    """
     try:
         import tensorrt as trt
     except ImportError:
         return TensorRTStatus(False, "TensorRT is not installed")
+    except Exception as e:  # e.g. OSError: a libnvinfer the wheel needs is missing
+        return TensorRTStatus(False, f"`import tensorrt` failed: {e}")
     version = getattr(trt, "__version__", None)
     if not version or not hasattr(trt, "Builder"):
         return TensorRTStatus(False, "the installed `tensorrt` package has no API (type stubs or a download stub, "
                                      "not TensorRT itself)")
+    version = str(version)
+    if parse_version(version)[:2] < MIN_VERSION:
+        return TensorRTStatus(False, f"TensorRT {version} is too old: agdepth needs TensorRT >= "
+                                     f"{'.'.join(map(str, MIN_VERSION))}", version=version)
     import torch
 
     if not torch.cuda.is_available():
-        return TensorRTStatus(False, "no CUDA device", version=str(version))
-    return TensorRTStatus(True, "", version=str(version), gpu=torch.cuda.get_device_name(0))
+        return TensorRTStatus(False, "no CUDA device", version=version)
+    try:
+        runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    except Exception as e:  # pybind raises when createInferRuntime returns null
+        runtime, detail = None, f": {e}"
+    else:
+        detail = ""
+    if runtime is None:
+        return TensorRTStatus(False, f"TensorRT {version} cannot start a runtime on this machine (typically a wheel "
+                                     f"built for a newer CUDA than the driver supports){detail}", version=version)
+    return TensorRTStatus(True, "", version=version, gpu=torch.cuda.get_device_name(0))
 
 
 def _slug(text: str) -> str:
@@ -66,37 +93,58 @@ def profiles(vae_scale_factor: int, embedding_shape: tuple[int, ...], shapes: Sh
 FALLBACK_DECODER = "vae_decoder_fp32"  # the fp32 decoder engine, used when the fp16 one overflows
 
 
+def timing_cache_file(trt_version: str, gpu: str) -> str:
+    """e.g. ``timing.trt10.13.0.nvidia-geforce-rtx-3090.cache``: a cache of another TensorRT or GPU is never
+    loaded (TensorRT would accept a foreign one without a word)."""
+    return f"timing.trt{_slug(trt_version)}.{_slug(gpu)}.cache"
+
+
 def build_engines(engines_dir: Path, onnx_files: dict[str, Path], vae_scale_factor: int,
                   embedding_shape: tuple[int, ...], shapes: ShapeRange, optimization_level: int = 3,
                   progress: Any = print) -> dict[str, Any]:
-    """Build and save one engine per entry of ``onnx_files`` (the three networks' fp16 graphs, and optionally
-    :data:`FALLBACK_DECODER` -> the fp32 decoder graph); returns the manifest's ``tensorrt`` entry.
-    Needs TensorRT and a CUDA device."""
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
+    """Build and save one engine per entry of ``onnx_files`` (network -> the graph built for TensorRT, and
+    optionally :data:`FALLBACK_DECODER` -> the fp32 decoder graph); returns the manifest's ``tensorrt`` entry.
+
+    Each engine is serialised by the builder and written as bytes (never deserialised here, so nothing stays on the
+    GPU between builds). Before each build the memory it needs at the profile's largest shape is estimated and
+    printed. Needs TensorRT and a CUDA device.
+    """
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 
     status = tensorrt_status()
     if not status.available:
         raise RuntimeError(f"cannot build TensorRT engines: {status.reason}")
     assert status.version is not None and status.gpu is not None
-    cache = engines_dir / TIMING_CACHE
-    files = {}
+    import tensorrt as trt
+
+    from agdepth.export.memory import estimate_engine_memory
+    from agdepth.imageio import write_bytes_atomic
+
+    cache = engines_dir / timing_cache_file(status.version, status.gpu)
+    files, estimates = {}, {}
     profs = profiles(vae_scale_factor, embedding_shape, shapes)
     profs[FALLBACK_DECODER] = profs["vae_decoder"]
+    # TensorRT 11 networks are always strongly typed (the flag is deprecated there and ignored); TensorRT 10 needs it,
+    # or it may run the fp16 graph's layers in fp32
+    typed = {"strongly_typed": True} if (status.major or 0) < 11 else {}
     for name, onnx_path in onnx_files.items():
         prof = profs[name]
         profile = Profile()
         for tensor, (mn, opt, mx) in prof.items():
             profile.add(tensor, min=mn, opt=opt, max=mx)
+        est = estimate_engine_memory(onnx_path, {t: mx for t, (_, _, mx) in prof.items()})
+        estimates[name] = est.to_dict()
+        progress(f"[{name}] {est.describe()}")
         # GroupNorm arrives as InstanceNormalization: the native implementation, not the legacy plugin
-        network = network_from_onnx_path(str(onnx_path), flags=[trt.OnnxParserFlag.NATIVE_INSTANCENORM],
-                                         strongly_typed=True)
+        network = NetworkFromOnnxPath(str(onnx_path), flags=[trt.OnnxParserFlag.NATIVE_INSTANCENORM], **typed)
         config = CreateConfig(profiles=[profile], builder_optimization_level=optimization_level,
                               load_timing_cache=str(cache) if cache.is_file() else None)
         progress(f"[{name}] building TensorRT {status.version} engine for {status.gpu} ...")
-        engine = engine_from_network(network, config=config, save_timing_cache=str(cache))
+        plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
         path = engines_dir / engine_file(name, status.version, status.gpu)
-        save_engine(engine, path=str(path))
+        write_bytes_atomic(path, bytes(plan))
+        del plan, network, config
+        progress(f"[{name}] {path.name} ({path.stat().st_size / 2**20:.1f} MiB)")
         files[name] = path.name
     return {"version": status.version, "gpu": status.gpu, "files": files, "shapes": shapes.to_dict(),
-            "optimization_level": optimization_level, "timing_cache": TIMING_CACHE}
+            "optimization_level": optimization_level, "timing_cache": cache.name, "memory_estimate": estimates}

@@ -46,6 +46,12 @@ def load_pipeline(engine: Path | None, device: str = "cpu") -> DepthPipeline:
         from agdepth import default_checkpoint
 
         return DepthPipeline.from_checkpoint(default_checkpoint(), device=device)
+    if engine.suffix == ".plan":  # TensorRT runs on the CUDA device; without one the backend says so in one line
+        import torch
+
+        if device == "cpu" and torch.cuda.is_available():
+            raise click.UsageError("--device cpu: TensorRT engines run on a CUDA device (drop --device)")
+        return DepthPipeline.from_engine(engine)
     return DepthPipeline.from_engine(engine, device=device)
 
 

@@ -94,21 +94,21 @@ class DepthPipeline:
 
     @classmethod
     def from_engine(cls, path: str | Path, providers: list[str] | None = None,
-                    device: str | torch.device = "cpu") -> DepthPipeline:
+                    device: str | torch.device | None = None) -> DepthPipeline:
         """Backend chosen by what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and
         settings from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory
-        -> PyTorch on ``device``; ``*.plan`` -> TensorRT (the engines of the manifest beside it; a clear error without
-        TensorRT)."""
+        -> PyTorch on ``device`` (default CPU); ``*.plan`` -> TensorRT on ``device`` (default ``cuda``; the engines of
+        the manifest beside it, NaN/Inf checked with the fp32 decoder as fallback; a clear error without TensorRT)."""
         path = Path(path)
         if path.suffix == ".plan":
             from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
 
-            return cls(TensorRTBackend(path.parent))
+            return cls(TensorRTBackend(path.parent, device=device or "cuda"))
         if path.is_dir():
             if (path / "manifest.json").is_file():
                 return cls(_onnx_backend(path, "fp32", providers))
             if (path / "model_index.json").is_file() or (path / "unet").is_dir():
-                return cls.from_checkpoint(path, device=device)
+                return cls.from_checkpoint(path, device=device or "cpu")
             raise FileNotFoundError(f"{path} has neither manifest.json (depth-export output) nor model_index.json")
         if path.suffix != ".onnx":
             raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .plan or a directory)")
@@ -148,6 +148,34 @@ class DepthPipeline:
                 raise ValueError(f"`latents[{i}]` has unexpected shape={got} expected={expected}")
         return list(latents)
 
+    def _processing_resolution(self, processing_res: int | None) -> int:
+        """The longer edge the networks see: the argument, else the checkpoint's default; static engines take their
+        canvas side only."""
+        canvas = self.backend.static_size
+        if canvas is None:
+            return self.backend.defaults.processing_resolution if processing_res is None else int(processing_res)
+        side = max(canvas)
+        if processing_res is not None and int(processing_res) != side:
+            raise ValueError(f"the engines are static ({canvas[0]}x{canvas[1]} px): processing_res must be {side} "
+                             f"or None, got {processing_res}")
+        return side
+
+    def initial_latents(self, images: ImageInput | list[ImageInput], ensemble: int | None = None,
+                        processing_res: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+        """Initial noise drawn on the CPU, one [E,4,h,w] tensor per image, for ``latents=``: the same numbers
+        whatever the backend's device (a CUDA generator draws other numbers from the same seed)."""
+        be = self.backend
+        ens = be.defaults.ensemble_size if ensemble is None else int(ensemble)
+        res = self._processing_resolution(processing_res)
+        f = be.vae_scale_factor
+        g = torch.Generator().manual_seed(int(seed))
+        out: list[torch.Tensor] = []
+        for img in as_image_list(images):
+            (grp,) = preprocess([img], res, align=f, canvas=be.static_size)
+            out.append(torch.randn((ens, LATENT_CHANNELS, grp.image.shape[-2] // f, grp.image.shape[-1] // f),
+                                   generator=g))
+        return out
+
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()  # not inference_mode: ensemble_depth differentiates its alignment objective with autograd
@@ -184,7 +212,8 @@ class DepthPipeline:
         d = be.defaults
         steps = d.steps if steps is None else int(steps)
         ens = d.ensemble_size if ensemble is None else int(ensemble)
-        res = d.processing_resolution if processing_res is None else int(processing_res)
+        canvas = be.static_size
+        res = self._processing_resolution(processing_res)
         spacing = d.timestep_spacing if timestep_spacing is None else timestep_spacing
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -210,7 +239,7 @@ class DepthPipeline:
         with clock("preprocess"):
             image_list = as_image_list(images)
             f = be.vae_scale_factor
-            groups = preprocess(image_list, res, device, dtype, align=f)
+            groups = preprocess(image_list, res, device, dtype, align=f, canvas=canvas)
             n_images = len(image_list)
             latent_shape: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * n_images
             for g in groups:

@@ -121,6 +121,15 @@ def pad_to_multiple(image: torch.Tensor, align: int = 8) -> tuple[torch.Tensor, 
     return F.pad(image, (0, pw, 0, ph), mode="replicate"), (ph, pw)
 
 
+def pad_to_size(image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Replicate-pad bottom/right to exactly ``size`` (a static engine's canvas); returns (image, (pad_h, pad_w))."""
+    h, w = image.shape[-2:]
+    ph, pw = size[0] - h, size[1] - w
+    if ph < 0 or pw < 0:
+        raise ValueError(f"a {h}x{w} image does not fit the static canvas {size[0]}x{size[1]}")
+    return F.pad(image, (0, pw, 0, ph), mode="replicate"), (ph, pw)
+
+
 def unpad(image: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`pad_to_multiple` on [..., H, W]."""
     ph, pw = padding
@@ -134,10 +143,12 @@ def preprocess(
     dtype: torch.dtype = torch.float32,
     resample_method: str = "bilinear",
     align: int = 8,
+    canvas: tuple[int, int] | None = None,
 ) -> list[SizeGroup]:
     """Load, normalise, resize and pad; images of equal size share one group (groups in order of first appearance).
 
-    ``processing_resolution`` None or 0 keeps the native resolution (padding still applies).
+    ``processing_resolution`` None or 0 keeps the native resolution (padding still applies). ``canvas``: pad to this
+    (H, W) instead of to a multiple of ``align`` (static engines).
     """
     if processing_resolution is not None and processing_resolution < 0:
         raise ValueError("processing_resolution must be >= 0 (0 = native resolution)")
@@ -151,6 +162,6 @@ def preprocess(
         x = x * 2.0 - 1.0  # diffusers normalises before resizing
         if processing_resolution:
             x = resize_to_max_edge(x, processing_resolution, resample_method)
-        x, padding = pad_to_multiple(x, align)
+        x, padding = pad_to_multiple(x, align) if canvas is None else pad_to_size(x, canvas)
         groups.append(SizeGroup(indices=indices, image=x, padding=padding, original_size=size))
     return groups

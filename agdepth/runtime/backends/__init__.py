@@ -107,6 +107,12 @@ class DepthBackend(Protocol):
         this many."""
         ...
 
+    @property
+    def static_size(self) -> tuple[int, int] | None:
+        """(H, W) in pixels when the networks take one padded size only (static engines), else None. The pipeline
+        then pads every image to it (replicate, bottom/right) and removes the padding afterwards."""
+        ...
+
     def check_shapes(self, batch: int, height: int, width: int) -> None:
         """Raise ValueError (naming the supported range) if network calls of ``batch`` rows at the padded image size
         H×W cannot run; called before any work. Backends without fixed ranges accept everything."""
@@ -171,6 +177,12 @@ class BackendBase:
     @property
     def max_batch(self) -> int | None:
         return None if self._shapes is None else self._shapes.max_batch
+
+    @property
+    def static_size(self) -> tuple[int, int] | None:
+        if self._shapes is None or not self._shapes.is_static:
+            return None
+        return self._shapes.max_resolution, self._shapes.max_resolution
 
     def check_shapes(self, batch: int, height: int, width: int) -> None:
         if self._shapes is not None:

@@ -77,7 +77,7 @@ class OnnxBackend(BackendBase):
                                                                                  strict=True)}
         out = self.sessions[name].run(spec.output_names, feeds)[0]
         if self.check_finite and not np.isfinite(out).all():
-            if name == "vae_decoder" and self.precision == "fp16" and self.fp32_decoder_fallback:
+            if name == "vae_decoder" and self.precision != "fp32" and self.fp32_decoder_fallback:
                 if "vae_decoder_fp32" not in self.sessions:
                     self.sessions["vae_decoder_fp32"] = self._session(name, "fp32")
                 self.fallbacks += 1

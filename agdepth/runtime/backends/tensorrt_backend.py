@@ -7,15 +7,17 @@
 - I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
   stream; output buffers are allocated per shape and reused.
 - Shapes outside the engines' profile are refused before any work (:meth:`BackendBase.check_shapes`).
-- CUDA graphs for the U-Net step when the engines are static (``depth-export --static``): captured after a warm-up
-  call, replayed every step.
+- Static engines (``depth-export --static``): calls with fewer rows are padded to the engine's batch, and the U-Net
+  step is replayed as a CUDA graph captured after a warm-up call; a call of another shape is refused.
+- NaN/Inf check on every output (on by default), with the fp32 decoder engine as the fallback for fp16 overflows.
 
-NOT RUN in this project's development environment (no TensorRT, no GPU); checked by mypy against tensorrt-stubs
-(``make typecheck``).
+Checked without a GPU by contract tests against a fake TensorRT that enforces the API's preconditions
+(``tests/fake_tensorrt.py``) and by mypy against tensorrt-stubs (``make typecheck``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,9 +46,14 @@ def check_engines(info: dict[str, Any] | None, status: TensorRTStatus, where: st
 
 
 class TensorRTBackend(BackendBase):
-    """:class:`agdepth.runtime.backends.DepthBackend` over TensorRT engines (float32 I/O, fp16 inside)."""
+    """:class:`agdepth.runtime.backends.DepthBackend` over TensorRT engines (float32 I/O, fp16 inside).
 
-    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda", check_finite: bool = False,
+    ``device`` is the CUDA device whose memory the engines read and write. ``check_finite`` (on by default) tests
+    every output for NaN/Inf: a non-finite fp16 decoder output is redone with the fp32 decoder engine when the
+    export built one (counted in :attr:`fallbacks`), anything else raises :class:`NonFiniteOutputError`.
+    """
+
+    def __init__(self, manifest: Manifest | str, device: str | torch.device = "cuda", check_finite: bool = True,
                  cuda_graphs: bool = True) -> None:
         status = tensorrt_status()
         if not status.available:  # before touching anything else: the one line a user without TensorRT needs
@@ -79,15 +86,17 @@ class TensorRTBackend(BackendBase):
                 raise FileNotFoundError(f"{path} is missing (listed in {m.root / 'manifest.json'})")
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise RuntimeError(f"{path}: TensorRT could not deserialise this engine")
+                raise RuntimeError(f"{path}: TensorRT {status.version} could not deserialise this engine (built by "
+                                   "another TensorRT version, or damaged): rebuild it here with "
+                                   f"`depth-export --engines-only {m.root}`")
             self.engines[name] = engine
         # one scratch block for all contexts (they run one after another on one stream)
         size = max(e.device_memory_size_v2 for e in self.engines.values())
-        self._scratch = torch.empty(size, dtype=torch.uint8, device=self._device)
+        self._scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self._device)
         self.contexts: dict[str, trt.IExecutionContext] = {}
         for name, engine in self.engines.items():
             ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            ctx.set_device_memory(self._scratch.data_ptr(), size)
+            ctx.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
             self.contexts[name] = ctx
         self.specs[FALLBACK_DECODER] = self.specs["vae_decoder"]
         self._torch_dtypes = {name: {t: _torch_dtype(engine.get_tensor_dtype(t)) for t in
@@ -96,75 +105,89 @@ class TensorRTBackend(BackendBase):
         self.fallbacks = 0  # decoder calls redone with the fp32 engine
         self._outputs: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._stream = torch.cuda.Stream(device=self._device)
-        self.check_finite = check_finite  # NaN/Inf: the fp32 decoder engine for the decoder, else an error
-        # CUDA graphs need one fixed shape: only for engines built with `depth-export --static`
-        r = self._shapes
-        self.cuda_graphs = cuda_graphs and r.min_batch == r.max_batch and r.min_resolution == r.max_resolution
-        self._graphed: dict[str, dict[str, Any]] = {}
+        self.check_finite = check_finite
+        # CUDA graphs need one fixed shape per graph: only for static engines (`depth-export --static`), whose calls
+        # are padded to that shape
+        self.cuda_graphs = cuda_graphs and self._shapes.is_static
+        self._graphed: dict[str, _CapturedCall] = {}
 
-    def _run_graphed(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
-        """Static shapes: inputs are copied into persistent buffers whose addresses the context keeps; the first call
-        runs eagerly (TensorRT's warm-up), the second captures a CUDA graph on the backend's stream, later calls
-        replay it."""
-        spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
-        st = self._graphed.get(name)
-        if st is None:
-            bufs = [torch.empty(tuple(t.shape), dtype=dtypes[n], device=self._device)
-                    for n, t in zip(spec.input_names, inputs, strict=True)]
-            for n, b in zip(spec.input_names, bufs, strict=True):
-                if not ctx.set_input_shape(n, tuple(b.shape)):
-                    raise ValueError(f"{name}: shape {tuple(b.shape)} of {n!r} is not the engine's static shape")
-                ctx.set_tensor_address(n, b.data_ptr())
-            (oname,) = spec.output_names
-            dims = ctx.get_tensor_shape(oname)
-            out = torch.empty(tuple(int(dims[i]) for i in range(len(dims))), dtype=dtypes[oname], device=self._device)
-            ctx.set_tensor_address(oname, out.data_ptr())
-            st = self._graphed[name] = {"inputs": bufs, "out": out, "graph": None}
-        for b, t in zip(st["inputs"], inputs, strict=True):
-            b.copy_(t)
-        self._stream.wait_stream(torch.cuda.current_stream(self._device))
-        if st["graph"] is not None:
-            with torch.cuda.stream(self._stream):
-                st["graph"].replay()
-        else:
-            if not ctx.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError(f"{name}: TensorRT execution failed")
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
-                ctx.execute_async_v3(self._stream.cuda_stream)
-            st["graph"] = graph
-        torch.cuda.current_stream(self._device).wait_stream(self._stream)
-        return st["out"].float().clone()
+    # ------------------------------------------------------------------ execution
 
-    def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
-        if name == "unet" and self.cuda_graphs:
-            return self._run_graphed(name, *inputs)
+    def _bind(self, name: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Set every input's shape and address, then the output's (its shape is known once all inputs are set);
+        returns the output buffer (one per network and shape, reused)."""
         spec, ctx, dtypes = self.specs[name], self.contexts[name], self._torch_dtypes[name]
-        keep = []  # inputs stay alive until the stream has consumed them
         for tname, t in zip(spec.input_names, inputs, strict=True):
-            t = t.to(device=self._device, dtype=dtypes[tname]).contiguous()
-            keep.append(t)
             if not ctx.set_input_shape(tname, tuple(t.shape)):
                 raise ValueError(f"{name}: shape {tuple(t.shape)} of {tname!r} is outside the engine's profile")
             ctx.set_tensor_address(tname, t.data_ptr())
         (oname,) = spec.output_names
         dims = ctx.get_tensor_shape(oname)
         shape = tuple(int(dims[i]) for i in range(len(dims)))
+        if any(d < 0 for d in shape):
+            raise RuntimeError(f"{name}: TensorRT could not infer the shape of {oname!r} ({shape})")
         out = self._outputs.get((name, shape))
         if out is None:
             out = self._outputs[(name, shape)] = torch.empty(shape, dtype=dtypes[oname], device=self._device)
         ctx.set_tensor_address(oname, out.data_ptr())
+        return out
+
+    def _execute(self, name: str) -> None:
         self._stream.wait_stream(torch.cuda.current_stream(self._device))  # inputs were written on that stream
-        if not ctx.execute_async_v3(self._stream.cuda_stream):
+        if not self.contexts[name].execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"{name}: TensorRT execution failed")
         torch.cuda.current_stream(self._device).wait_stream(self._stream)
-        if self.check_finite and not bool(torch.isfinite(out).all()):
+
+    def _run_graphed(self, name: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """One CUDA graph per network, for its static shape: inputs are copied into persistent buffers whose
+        addresses the graph keeps. The first call runs eagerly (TensorRT's warm-up, which also flushes its deferred
+        updates), then captures; later calls of the same shapes replay; other shapes are refused."""
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        call = self._graphed.get(name)
+        if call is None:
+            bufs = [t.clone() for t in inputs]
+            out = self._bind(name, bufs)
+            self._execute(name)  # warm-up enqueue with the addresses the graph will keep
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._stream):
+                self.contexts[name].execute_async_v3(self._stream.cuda_stream)
+            self._graphed[name] = _CapturedCall(shapes, bufs, out, graph)
+            return out
+        if shapes != call.shapes:
+            raise ValueError(f"{name}: the CUDA graph was captured for input shapes {call.shapes}, got {shapes}")
+        for b, t in zip(call.inputs, inputs, strict=True):
+            b.copy_(t)
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(self._stream):
+            call.graph.replay()
+        torch.cuda.current_stream(self._device).wait_stream(self._stream)
+        return call.out
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        dtypes = self._torch_dtypes[name]
+        feeds = [t.to(device=self._device, dtype=dtypes[n]).contiguous()
+                 for n, t in zip(self.specs[name].input_names, inputs, strict=True)]
+        rows = int(feeds[0].shape[0])
+        if self._shapes.is_static:  # static engines: pad the rows to the engine's batch (rows are independent)
+            batch = self._shapes.max_batch
+            if rows > batch:
+                return torch.cat([self._run(name, *(t[i : i + batch] for t in inputs)) for i in range(0, rows, batch)])
+            if rows < batch:
+                feeds = [torch.cat([t, t.new_zeros((batch - rows, *t.shape[1:]))]) for t in feeds]
+        if name == "unet" and self.cuda_graphs:
+            out = self._run_graphed(name, feeds)
+        else:
+            out = self._bind(name, feeds)
+            self._execute(name)  # `feeds` stay referenced until the stream has consumed them
+        # the buffer is reused by the next call of this shape: hand out a copy of the caller's rows
+        result = out[:rows].float().clone()
+        if self.check_finite and not bool(torch.isfinite(result).all()):
             if name == "vae_decoder" and FALLBACK_DECODER in self.contexts:
                 self.fallbacks += 1
                 return self._run(FALLBACK_DECODER, *inputs)
-            raise NonFiniteOutputError(f"{name} (TensorRT) returned NaN/Inf for output shape {shape}")
-        # the buffer is reused by the next call of this shape: hand out a copy
-        return out.float().clone()
+            raise NonFiniteOutputError(f"{name} (TensorRT) returned NaN/Inf for input shapes "
+                                       f"{[tuple(t.shape) for t in inputs]}")
+        return result
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         return self._run("vae_encoder", rgb)
@@ -176,6 +199,14 @@ class TensorRTBackend(BackendBase):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", latent)
+
+
+@dataclass
+class _CapturedCall:
+    shapes: tuple[tuple[int, ...], ...]
+    inputs: list[torch.Tensor]
+    out: torch.Tensor
+    graph: Any  # torch.cuda.CUDAGraph
 
 
 def _torch_dtype(dt: Any) -> torch.dtype:
