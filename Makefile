@@ -1,12 +1,16 @@
 # make demo | make test | make install | make lint | make bench-procedural | make clean
 # The venv lives in .venv. PyTorch is chosen before the package: a CUDA build where an NVIDIA driver answers,
 # otherwise the CPU build (TORCH_CPU). Override either, e.g. make install TORCH_CPU="torch==2.13.0 --index-url URL".
+# The package is then installed with EXTRAS plus the machine extra (HW_EXTRA), picked from the torch build:
+# cpu (onnxruntime), gpu (CUDA 12: onnxruntime-gpu, tensorrt-cu12) or gpu-cu13 (CUDA 13: onnxruntime-gpu, tensorrt-cu13).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+comma := ,
 TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch>=2.1
 EXTRAS ?= train,dev
+HW_EXTRA ?=
 
 .PHONY: install demo test lint typecheck bench-procedural clean
 
@@ -24,8 +28,14 @@ $(VENV)/.torch: | $(BIN)/python
 	fi
 	@touch $@
 
+# The machine extra installed is recorded in $(VENV)/.hw-extra. Distributions of the other extra that share its module folders
+# (onnxruntime vs onnxruntime-gpu, tensorrt-cu12 vs tensorrt-cu13) are uninstalled first, see scripts/hw_extra.py.
 $(VENV)/.installed: setup.py $(VENV)/.torch
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@hw="$(HW_EXTRA)"; \
+	if [ -z "$$hw" ]; then hw=$$($(BIN)/python scripts/hw_extra.py pick) || exit 1; fi; \
+	$(BIN)/python scripts/hw_extra.py clear "$$hw" || exit 1; \
+	echo "installing agdepth[$$hw$(if $(EXTRAS),$(comma)$(EXTRAS))]"; \
+	$(BIN)/python -m pip install -q -e ".[$$hw$(if $(EXTRAS),$(comma)$(EXTRAS))]" && echo "$$hw" > $(VENV)/.hw-extra
 	@touch $@
 
 install: $(VENV)/.installed
@@ -36,9 +46,9 @@ demo: install
 	$(BIN)/depth-run examples --engine engines/unet.onnx --out outputs --overwrite
 
 lint: install
-	$(BIN)/ruff check agdepth tests benchmarks setup.py
+	$(BIN)/ruff check agdepth tests benchmarks scripts setup.py
 
-# TensorRT's API calls, checked by mypy against tensorrt-stubs in their own venv (.venv-types)
+# The TensorRT code's TensorRT, Polygraphy and torch calls, checked by mypy in a venv of its own (.venv-types)
 typecheck:
 	PY=$(PY) scripts/typecheck_tensorrt.sh
 

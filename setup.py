@@ -22,12 +22,19 @@ INSTALL_REQUIRES = [
     # deployment: export, graph cleanup (constant folding), fp16 conversion (onnxruntime.transformers), runtime
     "onnx>=1.16,<2",
     "onnxslim>=0.1.40,<0.2",
-    "onnxruntime>=1.18,<2",
-    "polygraphy>=0.49,<0.60",  # TensorRT engine build and the backend comparator (pure Python; TensorRT optional)
+    # onnxruntime is in the cpu/gpu extras, not here: onnxruntime and onnxruntime-gpu install the same `onnxruntime`
+    # module, so a requirement on one would bring the CPU build back over the GPU build on every reinstall
+    # 0.53: cosine/SNR compare functions, and libcudart found in the pip CUDA wheels (0.49 has neither)
+    "polygraphy>=0.53,<0.60",  # TensorRT engine build and the backend comparator (pure Python; TensorRT optional)
     "matplotlib>=3.7,<4",  # depth-bench frontier's plot (Agg backend, no display needed)
 ]
 
 EXTRAS = {
+    # exactly one of cpu / gpu / gpu-cu13 (the Makefile picks it): ONNX Runtime, and TensorRT for the CUDA of torch.
+    # onnxruntime-gpu on PyPI is built for CUDA 11 up to 1.18, CUDA 12 in 1.19-1.26 and CUDA 13 from 1.27.
+    "cpu": ["onnxruntime>=1.18,<2"],
+    "gpu": ["onnxruntime-gpu>=1.19,<1.27", "tensorrt-cu12>=10.1,<12"],  # CUDA 12; TensorRT >= 10.1 (MIN_VERSION)
+    "gpu-cu13": ["onnxruntime-gpu>=1.27,<2", "tensorrt-cu13>=11,<12"],  # CUDA 13
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
     "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "transformers>=4.40,<6"],
@@ -52,5 +59,6 @@ setup(
         "depth-run=agdepth.runtime.cli:main",
         "depth-bench=agdepth.bench.cli:main",
         "depth-eval=agdepth.evaluation.cli:main",
+        "depth-doctor=agdepth.doctor:main",
     ]},
 )

@@ -202,7 +202,7 @@ class ICudaEngine:
 def _read(ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     nbytes = _volume(shape) * np.dtype(dtype).itemsize
     buf = (ctypes.c_char * nbytes).from_address(ptr)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+    return np.frombuffer(memoryview(buf), dtype=dtype).reshape(shape).copy()
 
 
 def _write(ptr: int, arr: np.ndarray) -> None:
@@ -406,7 +406,7 @@ def _checked_call(real: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Bind the call to the real Polygraphy signature (following ``**kwargs`` into the base class's ``__init__``, as
     ``CreateConfig`` forwards them): a wrong keyword or argument count fails as it would there. Returns the bound
     arguments by name."""
-    targets = [c.__init__ for c in real.__mro__ if "__init__" in vars(c)] if inspect.isclass(real) else [real]
+    targets = [vars(c)["__init__"] for c in real.__mro__ if "__init__" in vars(c)] if inspect.isclass(real) else [real]
     out: dict[str, Any] = {}
     for i, target in enumerate(targets):
         sig = inspect.signature(target)

@@ -35,7 +35,7 @@ def _images() -> list[np.ndarray]:
 
 def test_manifest_describes_the_files(engines: Path) -> None:
     m = Manifest.load(engines)
-    assert m.precisions == ["fp32", "fp16"]
+    assert m.precisions == ["fp32", "fp16", "fp16-trt"]  # ONNX Runtime fp32, fp16, and the graphs for TensorRT
     for prec in m.precisions:
         for name in ("unet", "vae_encoder", "vae_decoder"):
             entry = m.network(name, prec)

@@ -20,8 +20,9 @@ from agdepth.export.tensorrt_build import tensorrt_status
               help="Checkpoint directory (diffusers layout). Default: the bundled tiny model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"), show_default=True,
               help="Output directory for the ONNX graphs and manifest.json.")
-@click.option("--fp16", is_flag=True, help="Also write fp16 graphs (norms, softmax, timestep embedding kept fp32), "
-              "checked end to end against fp32.")
+@click.option("--fp16", is_flag=True, help="Also write fp16 graphs, checked end to end against fp32: *.fp16.onnx for "
+              "ONNX Runtime (norms, softmax, timestep embedding kept fp32) and *.fp16-trt.onnx for TensorRT (attention "
+              "in fp16, so TensorRT can fuse it); with TensorRT and a CUDA device, also the engines.")
 @click.option("--max-resolution", type=int, default=1024, show_default=True,
               help="Largest padded image side (pixels) the graphs are validated and recorded for.")
 @click.option("--opt-resolution", type=int, default=None,
@@ -29,7 +30,11 @@ from agdepth.export.tensorrt_build import tensorrt_status
 @click.option("--min-resolution", type=int, default=None, help="Smallest side. Default: 2 latent pixels.")
 @click.option("--max-batch", type=int, default=10, show_default=True,
               help="Most rows per network call (ensemble members × images).")
-@click.option("--static", is_flag=True, help="One shape only: the opt batch and resolution (for CUDA graphs).")
+@click.option("--static", is_flag=True, help="One shape only (for CUDA graphs): --opt-batch rows of a square canvas of "
+              "--opt-resolution px; the runtime pads rows and images to it.")
+@click.option("--opt-batch", type=int, default=None,
+              help="Most common rows per call (TensorRT's opt shape; the only batch with --static). Default: the "
+              "checkpoint's ensemble size.")
 @click.option("--fp16-tolerance", type=float, default=0.005, show_default=True,
               help="Largest accepted AbsRel between fp16 and fp32 depth maps.")
 @click.option("--opset", type=int, default=17, show_default=True)
@@ -37,8 +42,8 @@ from agdepth.export.tensorrt_build import tensorrt_status
 @click.option("--engines-only", "engines_only", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Only build TensorRT engines for an existing --fp16 export directory.")
 def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, opt_resolution: int | None,
-         min_resolution: int | None, max_batch: int, static: bool, fp16_tolerance: float, opset: int,
-         overwrite: bool, engines_only: Path | None) -> None:
+         min_resolution: int | None, max_batch: int, static: bool, opt_batch: int | None, fp16_tolerance: float,
+         opset: int, overwrite: bool, engines_only: Path | None) -> None:
     """Export a checkpoint to ONNX: unet, vae_encoder, vae_decoder, each validated against PyTorch; with --fp16 and
     TensorRT + a CUDA device present, also TensorRT engines."""
     from agdepth import default_checkpoint
@@ -63,7 +68,7 @@ def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, op
     try:
         manifest = export_checkpoint(ckpt, out, ExportOptions(
             fp16=fp16, max_resolution=max_resolution, opt_resolution=opt_resolution, min_resolution=min_resolution,
-            max_batch=max_batch, static=static, opset=opset, fp16_tolerance=fp16_tolerance,
+            max_batch=max_batch, opt_batch=opt_batch, static=static, opset=opset, fp16_tolerance=fp16_tolerance,
         ), progress=click.echo)
     except Exception as e:  # one readable line; the directory was not written (atomic)
         click.echo(f"error: export failed: {e}", err=True)
