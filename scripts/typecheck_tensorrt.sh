@@ -69,5 +69,7 @@ if [ -n "$ours" ]; then
   echo "typecheck: mypy found the errors above in the checked files" >&2
   exit 1
 fi
+# the contract tests' fake TensorRT must speak TensorRT's API: its classes, methods, parameter names and constants
+"$venv/bin/python" scripts/check_fake_tensorrt.py "$stubs/tensorrt_bindings/tensorrt.pyi" tests/fake_tensorrt.py
 echo "typecheck: ${#files[@]} files clean against tensorrt-stubs, Polygraphy and torch;" \
   "$(grep -c '# expect-error' "$negative") deliberate misuses in $negative rejected"

@@ -159,7 +159,7 @@ class ICudaEngine:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.onnx), sess_options=opts, providers=["CPUExecutionProvider"])
-        self._output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
+        self._shape_cache: dict[tuple, dict[str, tuple[int, ...]]] = {}
 
     @property
     def device_memory_size_v2(self) -> int:
@@ -183,20 +183,20 @@ class ICudaEngine:
     ) -> IExecutionContext:
         return IExecutionContext(self, strategy)
 
-    def inputs(self) -> list[str]:
+    def _inputs(self) -> list[str]:
         return [n for n, (mode, _, _) in self._io.items() if mode is TensorIOMode.INPUT]
 
-    def outputs(self) -> list[str]:
+    def _outputs(self) -> list[str]:
         return [n for n, (mode, _, _) in self._io.items() if mode is TensorIOMode.OUTPUT]
 
-    def output_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    def _output_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """What shape inference gives for these input shapes (run once per shape on zeros)."""
         key = tuple(sorted(input_shapes.items()))
-        if key not in self._output_shapes:
+        if key not in self._shape_cache:
             feeds = {n: np.zeros(s, dtype=self._io[n][1].value) for n, s in input_shapes.items()}
-            outs = self.session.run(self.outputs(), feeds)
-            self._output_shapes[key] = {n: tuple(o.shape) for n, o in zip(self.outputs(), outs, strict=True)}
-        return self._output_shapes[key]
+            outs = self.session.run(self._outputs(), feeds)
+            self._shape_cache[key] = {n: tuple(o.shape) for n, o in zip(self._outputs(), outs, strict=True)}
+        return self._shape_cache[key]
 
 
 def _read(ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -227,7 +227,7 @@ class IExecutionContext:
         self._device_memory = (memory, size)
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        if name not in self.engine.inputs():
+        if name not in self.engine._inputs():
             return False
         shape = tuple(int(d) for d in shape)
         mn, _, mx = self.engine.profile[name]
@@ -240,9 +240,9 @@ class IExecutionContext:
         mode, _, rank = self.engine._io[name]
         if mode is TensorIOMode.INPUT:
             return Dims(self._shapes.get(name, (-1,) * rank))
-        if any(n not in self._shapes for n in self.engine.inputs()):
+        if any(n not in self._shapes for n in self.engine._inputs()):
             return Dims((-1,) * rank)  # not all input shapes specified yet
-        return Dims(self.engine.output_shapes(self._shapes)[name])
+        return Dims(self.engine._output_shapes(self._shapes)[name])
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if name not in self.engine._io:
@@ -258,7 +258,7 @@ class IExecutionContext:
             raise ContractViolation("execute_async_v3 on the default stream (TensorRT syncs around it; use a stream)")
         if self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED and self._device_memory is None:
             raise ContractViolation("execute_async_v3 before set_device_memory on a USER_MANAGED context")
-        missing = [n for n in self.engine.inputs() if n not in self._shapes]
+        missing = [n for n in self.engine._inputs() if n not in self._shapes]
         if missing:
             raise ContractViolation(f"execute_async_v3 with input shapes not set: {missing}")
         unset = [n for n in self.engine._io if not self._addresses.get(n)]
@@ -290,10 +290,10 @@ class _Launch:
 
     def run(self) -> None:
         e = self.engine
-        feeds = {n: _read(self.addresses[n], self.shapes[n], e.get_tensor_dtype(n).value) for n in e.inputs()}
-        STATE.executions.append((e.onnx.name, tuple(self.shapes[n] for n in e.inputs())))
-        outs = e.session.run(e.outputs(), feeds)
-        for name, out in zip(e.outputs(), outs, strict=True):
+        feeds = {n: _read(self.addresses[n], self.shapes[n], e.get_tensor_dtype(n).value) for n in e._inputs()}
+        STATE.executions.append((e.onnx.name, tuple(self.shapes[n] for n in e._inputs())))
+        outs = e.session.run(e._outputs(), feeds)
+        for name, out in zip(e._outputs(), outs, strict=True):
             out = out.astype(e.get_tensor_dtype(name).value)
             if e.onnx.name in STATE.nan_engines:
                 out = np.full_like(out, np.nan)

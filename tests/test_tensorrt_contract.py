@@ -297,3 +297,39 @@ def test_end_to_end_parity_feeds_every_backend_the_same_cpu_latents(exports: dic
     trt_row = next(r for r in rows if r["backend"] == "tensorrt-fp16")
     ort_row = next(r for r in rows if r["backend"] == f"onnxruntime-{TENSORRT_PRECISION}")
     assert trt_row["abs_rel"] == pytest.approx(ort_row["abs_rel"], abs=1e-6)  # same graphs, same noise
+
+
+# ------------------------------------------------------------------------------------------------ the fake itself
+
+
+def test_the_fake_enforces_the_preconditions(exports: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the contract tests above prove something only if the fake refuses what TensorRT refuses
+    m = _built(exports, "dynamic", tmp_path, monkeypatch)
+    trt = fake.tensorrt_module()
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine((m.root / m.data["tensorrt"]["files"]["vae_decoder"])
+                                                               .read_bytes())
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    latent = torch.zeros(1, 4, 8, 8)
+    out = torch.empty(1, 1, 32, 32)
+    assert not ctx.set_input_shape("latent", (1, 4, 64, 64))  # beyond the profile's maximum
+    assert tuple(ctx.get_tensor_shape("depth")) == (-1, -1, -1, -1)  # unknown until every input shape is set
+    with pytest.raises(fake.ContractViolation, match="device_memory_size_v2"):
+        ctx.set_device_memory(1, engine.device_memory_size_v2 - 1)
+    scratch = torch.empty(engine.device_memory_size_v2, dtype=torch.uint8)
+    ctx.set_device_memory(scratch.data_ptr(), scratch.numel())
+    assert ctx.set_input_shape("latent", tuple(latent.shape))
+    assert tuple(ctx.get_tensor_shape("depth")) == (1, 1, 32, 32)
+    ctx.set_tensor_address("latent", latent.data_ptr())
+    with pytest.raises(fake.ContractViolation, match="addresses not set"):
+        ctx.execute_async_v3(fake.FakeStream().cuda_stream)
+    ctx.set_tensor_address("depth", out.data_ptr())
+    with pytest.raises(fake.ContractViolation, match="default stream"):
+        ctx.execute_async_v3(0)
+    stream, graph = fake.FakeStream(), fake.FakeCUDAGraph()
+    with pytest.raises(fake.ContractViolation, match="warm-up"), fake._graph(graph, stream=stream):
+        ctx.execute_async_v3(stream.cuda_stream)
+    assert ctx.execute_async_v3(stream.cuda_stream) and torch.isfinite(out).all()  # warm-up: now capturable
+    fake.STATE.version = "10.14.1.48"  # another TensorRT cannot load the plan
+    assert trt.Runtime(trt.Logger()).deserialize_cuda_engine((m.root / m.data["tensorrt"]["files"]["unet"])
+                                                             .read_bytes()) is None

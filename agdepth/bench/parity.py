@@ -44,13 +44,13 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def _torch_runner(module: torch.nn.Module, spec: NetworkSpec, name: str) -> Any:
-    """A Polygraphy runner over a CPU PyTorch module (Polygraphy's PytRunner moves inputs to CUDA)."""
+def _runner(name: str, spec: NetworkSpec, call: Callable[..., torch.Tensor], device: Any = "cpu") -> Any:
+    """A Polygraphy runner over ``call`` (the network's inputs as torch tensors on ``device`` -> its output)."""
     from polygraphy.backend.base import BaseRunner
 
-    class TorchCpuRunner(BaseRunner):
+    class TorchCallRunner(BaseRunner):
         def __init__(self) -> None:
-            super().__init__(name=name, prefix="torch-cpu-runner")
+            super().__init__(name=name, prefix="torch-call-runner")
 
         def activate_impl(self) -> None:
             pass
@@ -64,41 +64,24 @@ def _torch_runner(module: torch.nn.Module, spec: NetworkSpec, name: str) -> Any:
         def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = module(*(torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in spec.input_names))
+                out = call(*(torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(device)
+                             for n in spec.input_names))
             self.inference_time = time.perf_counter() - t0
-            return OrderedDict([(spec.output_names[0], np.ascontiguousarray(out.numpy()))])
+            return OrderedDict([(spec.output_names[0], np.ascontiguousarray(out.float().cpu().numpy()))])
 
-    return TorchCpuRunner()
+    return TorchCallRunner()
+
+
+def _torch_runner(module: torch.nn.Module, spec: NetworkSpec, name: str) -> Any:
+    """A CPU PyTorch module (Polygraphy's PytRunner would move the inputs to CUDA)."""
+    return _runner(name, spec, module)
 
 
 def _backend_runner(backend: Any, spec: NetworkSpec, name: str) -> Any:
-    """A Polygraphy runner over one network call of a :class:`agdepth.runtime.backends.DepthBackend` (the TensorRT
-    backend: what ``depth-run`` executes, buffers, padding and all, rather than a second way of running the engine)."""
-    from polygraphy.backend.base import BaseRunner
-
+    """One network call of a :class:`agdepth.runtime.backends.DepthBackend` (for TensorRT: what ``depth-run``
+    executes, buffers, padding and all, rather than a second way of running the engine)."""
     call = {"unet": backend.denoise, "vae_encoder": backend.encode, "vae_decoder": backend.decode}[spec.name]
-
-    class BackendRunner(BaseRunner):
-        def __init__(self) -> None:
-            super().__init__(name=name, prefix="backend-runner")
-
-        def activate_impl(self) -> None:
-            pass
-
-        def deactivate_impl(self) -> None:
-            pass
-
-        def get_input_metadata_impl(self) -> Any:
-            return _input_metadata(spec)
-
-        def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
-            t0 = time.perf_counter()
-            out = call(*(torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(backend.device)
-                         for n in spec.input_names))
-            self.inference_time = time.perf_counter() - t0
-            return OrderedDict([(spec.output_names[0], out.float().cpu().numpy())])
-
-    return BackendRunner()
+    return _runner(name, spec, call, backend.device)
 
 
 def _input_metadata(spec: NetworkSpec) -> Any:
