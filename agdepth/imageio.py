@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +37,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathLike = str | os.PathLike[str]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+# written by depth-run into its output folder: the outputs it planned and the settings that made them, so a rerun
+# resumes, and input discovery never takes those outputs for inputs (also with --out inside or equal to an input folder)
+OUTPUT_LEDGER = ".agdepth-outputs.json"
 
 OUTPUT_FORMATS: tuple[str, ...] = ("png16", "npy", "color")
 # file-name suffix appended to the stem, per output kind (the "uncertainty" kind is selected by a flag, not a format)
@@ -146,47 +150,77 @@ def _float_to_uint16(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
 
 
-def _scan_folder(folder: Path, recursive: bool) -> list[Path]:
-    """Image files under ``folder`` as paths relative to it, sorted; dot-files and dot-folders are skipped."""
+def read_ledger(folder: PathLike) -> dict[str, Any]:
+    """The :data:`OUTPUT_LEDGER` of ``folder`` ({} when absent or unreadable: then nothing is known to be ours)."""
+    try:
+        data = json.loads(Path(folder, OUTPUT_LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _key(path: PathLike) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _scan_folder(folder: Path, recursive: bool, exclude: set[str], problems: list[str]) -> list[Path]:
+    """Image files under ``folder`` as paths relative to it, sorted; dot-files and dot-folders are skipped, and so are
+    folders in ``exclude`` and the outputs listed in any :data:`OUTPUT_LEDGER` met on the way. Unreadable folders and
+    broken links are added to ``problems`` (one line each) and skipped."""
 
     def fail(err: OSError) -> None:  # os.walk would otherwise skip unreadable folders silently
-        raise err
+        problems.append(f"cannot read folder {err.filename}: {err.strerror or err}")
 
     found: list[Path] = []
+    ours: set[str] = set()
     for root, dirs, files in os.walk(folder, onerror=fail):
+        if OUTPUT_LEDGER in files:
+            ours |= {_key(Path(root, rel)) for rel in read_ledger(root).get("outputs", []) if isinstance(rel, str)}
         # hidden entries are skipped: macOS "._x.jpg" resource forks and our own ".x.tmp" files are not inputs
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _key(Path(root, d)) not in exclude) \
+            if recursive else []
         for name in files:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
             full = Path(root, name)
-            if full.is_file():  # drops broken links
+            if _key(full) in ours:
+                continue
+            if full.is_file():
                 found.append(full.relative_to(folder))
+            elif full.is_symlink():
+                problems.append(f"skipped {full}: a broken link")
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def collect_inputs(inputs: Sequence[PathLike], recursive: bool = False) -> list[tuple[Path, Path]]:
+def collect_inputs(inputs: Sequence[PathLike], recursive: bool = False, exclude: Sequence[PathLike] = (),
+                   problems: list[str] | None = None) -> list[tuple[Path, Path]]:
     """Expand the INPUT arguments into ``(absolute image path, relative output stem)`` pairs.
 
     A file is kept whatever its extension (if it is no image, reading it gives the clear :class:`ImageReadError`); its
     stem is its name without extension. A folder contributes its files with an image extension (see
     :data:`IMAGE_EXTENSIONS`, case-insensitive; sub-folders only with ``recursive``), sorted, with stems relative to
     that folder (``sub/img``). Arguments keep their order; a file reached twice is listed once (first stem wins).
+    Folders in ``exclude`` (the output folder) are not descended into, and files a depth-run ledger lists as its
+    outputs are never inputs. Unreadable folders and broken links are appended to ``problems`` and skipped.
 
     Raises:
         FileNotFoundError: an input does not exist.
         ValueError: two different files would get the same output stem, or nothing was found.
     """
     pairs: list[tuple[Path, Path]] = []
+    problems = [] if problems is None else problems
+    excluded = {_key(p) for p in exclude}
     seen: set[str] = set()
     stem_owner: dict[str, Path] = {}
     for raw in inputs:
+        if not os.fspath(raw):
+            raise FileNotFoundError("an input path is empty ('')")
         given = Path(raw)
-        if not os.fspath(raw) or not (given.exists() or given.is_symlink()):
+        if not (given.exists() or given.is_symlink()):
             raise FileNotFoundError(f"input path does not exist: {os.fspath(raw)!r}")
         given = Path(os.path.abspath(given))  # absolute and '..'-free, but symlinks are inputs in their own right
         if given.is_dir():
-            found = [(given / rel, rel.with_suffix("")) for rel in _scan_folder(given, recursive)]
+            found = [(given / rel, rel.with_suffix("")) for rel in _scan_folder(given, recursive, excluded, problems)]
         else:
             found = [(given, Path(given.stem))]
         for source, stem in found:

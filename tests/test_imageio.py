@@ -224,8 +224,8 @@ def test_folder_expands_to_sorted_image_files(tmp_path: Path) -> None:
     )
     (d / "dir.png").mkdir()  # a folder with an image-like name is not a file
     got = collect_inputs([d])
-    assert [stem.as_posix() for _, stem in got] == ["a", "b", "c", "d", "e", "f", "g"]
-    assert [src.name for src, _ in got] == ["a.png", "b.JPG", "c.TiFf", "d.webp", "e.bmp", "f.jpeg", "g.tif"]
+    assert [stem.as_posix() for _, stem in got] == ["a", "b", "c", "d", "e", "f", "g", "x"]
+    assert [src.name for src, _ in got] == ["a.png", "b.JPG", "c.TiFf", "d.webp", "e.bmp", "f.jpeg", "g.tif", "x.gif"]
     assert all(src.is_absolute() and src.parent == d for src, _ in got)
 
 

@@ -57,7 +57,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos: Path, tmp_path: Pat
     code, text = run(str(photos), "--out", str(out), "--formats", "npy")
     assert code == 1
     assert "notes.png" in text and "cut.png" in text and "2 input(s) failed" in text
-    assert sorted(p.name for p in out.iterdir()) == ["room_depth.npy", "street_depth.npy"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["room_depth.npy", "street_depth.npy"]
 
 
 def test_a_failed_write_stops_the_run_and_names_the_input(photos: Path, tmp_path: Path) -> None:
@@ -97,14 +97,20 @@ def test_device_choice(photos: Path, tmp_path: Path) -> None:
     assert code == 0 and ("on cuda" if torch.cuda.is_available() else "on cpu") in text
 
 
-def test_refuses_to_overwrite(photos: Path, tmp_path: Path) -> None:
+def test_rerun_skips_finished_images_and_refuses_foreign_files(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run(str(photos / "room.png"), "--out", str(out), "--formats", "npy")[0] == 0
     before = (out / "room_depth.npy").stat().st_mtime_ns
     code, text = run(str(photos / "room.png"), "--out", str(out), "--formats", "npy")
-    assert code == 2 and "--overwrite" in text and "room_depth.npy" in text
+    assert code == 0 and "1 done earlier, skipped" in text and "done: 0 image(s)" in text
     assert (out / "room_depth.npy").stat().st_mtime_ns == before
+    code, text = run(str(photos / "room.png"), "--out", str(out), "--formats", "npy", "--steps", "2")
+    assert code == 2 and "other settings (steps 1 -> 2)" in text and "--overwrite" in text
+    (out / "street_depth.npy").write_bytes(b"a user's file, not depth-run's")
+    code, text = run(str(photos / "street.png"), "--out", str(out), "--formats", "npy")
+    assert code == 2 and "did not write" in text and "street_depth.npy" in text and "--overwrite" in text
     assert run(str(photos / "room.png"), "--out", str(out), "--formats", "npy", "--overwrite")[0] == 0
+    assert (out / "room_depth.npy").stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("engine,message", [
@@ -135,7 +141,7 @@ def test_onnx_engine_and_out_of_range(photos: Path, tmp_path: Path) -> None:
     assert code == 0 and "OnnxBackend fp32" in text, text
     code, text = run(str(photos / "room.png"), "--engine", str(eng / "unet.onnx"), "--processing-res", "200",
                      "--out", str(tmp_path / "b"))
-    assert code == 1 and "outside [8, 96]" in text and "room.png" in text
+    assert code == 2 and "outside [8, 96]" in text and not (tmp_path / "b").exists()  # refused before any work
 
 
 def test_odd_sizes_modes_and_exif(tmp_path: Path) -> None:
@@ -149,11 +155,11 @@ def test_odd_sizes_modes_and_exif(tmp_path: Path) -> None:
     Image.fromarray(render_scene("indoor", 2, size=(30, 40), split="test").rgb).save(d / "rot.jpg", exif=exif)
     code, text = run(str(d), "--out", str(tmp_path / "o"), "--formats", "npy", "--processing-res", "96")
     assert code == 0, text
-    shapes = {p.name: np.load(p).shape for p in (tmp_path / "o").iterdir()}
+    shapes = {p.name: np.load(p).shape for p in (tmp_path / "o").glob("*.npy")}
     assert shapes == {"dot_depth.npy": (1, 1), "pano_depth.npy": (40, 3000), "grey16_depth.npy": (48, 64),
                       "rot_depth.npy": (40, 30)}
     # at 64 px the 75:1 panorama would be 0 px high: it fails alone, named, and the other images are still written
     code, text = run(str(d), "--out", str(tmp_path / "o64"), "--formats", "npy", "--processing-res", "64")
     assert code == 1 and "pano.png: extreme aspect ratio" in text and "1 input(s) failed" in text, text
-    assert sorted(p.name for p in (tmp_path / "o64").iterdir()) == ["dot_depth.npy", "grey16_depth.npy",
-                                                                    "rot_depth.npy"]
+    assert sorted(p.name for p in (tmp_path / "o64").glob("*.npy")) == ["dot_depth.npy", "grey16_depth.npy",
+                                                                        "rot_depth.npy"]

@@ -1,8 +1,10 @@
-"""``depth-run``: folders of images -> depth maps, on PyTorch, ONNX Runtime (or TensorRT, later) by ``--engine``.
+"""``depth-run``: folders of images -> depth maps, on PyTorch, ONNX Runtime or TensorRT by ``--engine``.
 
     depth-run examples/ --engine engines/unet.onnx --out outputs/
 
-Unreadable inputs are reported one line each and skipped; the run goes on and exits non-zero at the end.
+Every option is checked before any image is read; outputs never replace inputs; a rerun resumes (images whose outputs
+are complete are skipped). Unreadable inputs are reported one line each and skipped; the run goes on and exits 1 at
+the end. Usage and model-loading errors exit 2.
 """
 
 from __future__ import annotations
@@ -16,16 +18,12 @@ import click
 import numpy as np
 from tqdm.auto import tqdm
 
-from agdepth.imageio import (
-    OUTPUT_FORMATS,
-    ImageReadError,
-    collect_inputs,
-    existing_outputs,
-    output_paths,
-    read_image,
-)
+from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image
+from agdepth.runtime.outputs import OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
 from agdepth.runtime.writer import BackgroundWriter, OutputWriteError
+
+MAX_SEED = 2**62  # seeds are offset by each image's index and must stay within torch's 64-bit range
 
 
 def torch_device(name: str) -> str:
@@ -62,79 +60,91 @@ def _backend_name(pipe: DepthPipeline) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=str)
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="unet.onnx / unet.fp16.onnx (ONNX Runtime), an engines or checkpoint directory. "
-                   "Default: the bundled model on PyTorch.")
+              help="unet.onnx / unet.fp16.onnx (ONNX Runtime), a *.plan engine (TensorRT), an engines or checkpoint "
+                   "directory. Default: the bundled model on PyTorch.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the PyTorch backend runs (auto: CUDA if PyTorch sees a GPU). ONNX Runtime picks its own "
                    "execution provider; TensorRT always runs on the GPU.")
-@click.option("--steps", type=int, default=None, help="DDIM steps. Default: the model's.")
-@click.option("--ensemble", type=int, default=None, help="Ensemble members per image. Default: the model's.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps. Default: the model's.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=None,
+              help="Ensemble members per image. Default: the model's.")
 @click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
-@click.option("--processing-res", type=int, default=None,
+@click.option("--processing-res", type=click.IntRange(min=0), default=None,
               help="Longer side the networks see (0 = native). Default: the model's.")
-@click.option("--batch-size", type=int, default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most rows (members × images) per network call; images go through in groups that fit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Initial noise seed (per group of images).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+              help="Initial noise seed; image i of the run uses seed + i, so a resumed run equals a whole one.")
 @click.option("--formats", default="png16,npy,color", show_default=True,
               help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}.")
 @click.option("--uncertainty", is_flag=True, help="Also write <name>_uncertainty.png (needs --ensemble > 1).")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders of INPUT folders.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, device: str, steps: int | None, ensemble: int | None,
-         timestep_spacing: str | None, processing_res: int | None, batch_size: int, seed: int, formats: str,
-         uncertainty: bool, recursive: bool, overwrite: bool) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
+                   "skips images whose outputs are complete.")
+def main(inputs: tuple[str, ...], engine: Path | None, out: Path, device: str, steps: int | None,
+         ensemble: int | None, timestep_spacing: str | None, processing_res: int | None, batch_size: int, seed: int,
+         formats: str, uncertainty: bool, recursive: bool, overwrite: bool) -> None:
     """Predict depth for image files and folders (INPUT...)."""
     t_start = time.perf_counter()
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
-    if batch_size < 1:
-        raise click.UsageError("--batch-size must be >= 1")
-    try:
-        items = collect_inputs(inputs, recursive=recursive)
-        plans = [(src, output_paths(out, stem, formats, uncertainty)) for src, stem in items]
+    if uncertainty and ensemble is not None and ensemble < 2:
+        raise click.UsageError("--uncertainty needs --ensemble > 1")
+    failures: list[str] = []
+    try:  # input discovery never descends into the output folder, nor reads outputs a ledger lists
+        items = collect_inputs(inputs, recursive=recursive, exclude=[out], problems=failures)
+        jobs = protected_jobs(items, out, formats, uncertainty)
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from None
-    if not overwrite:
-        clash = existing_outputs([p for _, paths in plans for p in paths.values()])
-        if clash:
-            raise click.UsageError(f"{len(clash)} output file(s) exist already, e.g. {clash[0]}: pass --overwrite")
     try:
         pipe = load_pipeline(engine, torch_device(device))
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    d = pipe.backend.defaults
-    ens = d.ensemble_size if ensemble is None else ensemble
+    try:  # every setting, against the model and its exported range, before any image is read
+        steps_, ens, res, spacing = pipe.check_settings(steps, ensemble, processing_res, timestep_spacing)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if uncertainty and ens < 2:
-        raise click.UsageError("--uncertainty needs --ensemble > 1")
-    res_px = d.processing_resolution if processing_res is None else processing_res
-    click.echo(f"{len(items)} image(s) -> {out} | {_backend_name(pipe)} | steps {steps or d.steps}, ensemble {ens}, "
-               f"{timestep_spacing or d.timestep_spacing}, processing res {res_px}")
+        raise click.UsageError(f"--uncertainty needs --ensemble > 1 (the model's default is {ens})")
+    settings = {"model": str(engine.resolve()) if engine else "bundled", "steps": steps_, "ensemble": ens,
+                "timestep_spacing": spacing, "processing_res": res, "seed": seed}
+    try:
+        plan = plan_outputs(jobs, out, settings, overwrite)
+    except OutputPlanError as e:
+        raise click.UsageError(str(e)) from None
+    skipped = f" | {len(plan.done)} done earlier, skipped" if plan.done else ""
+    click.echo(f"{len(items)} image(s) -> {out} | {_backend_name(pipe)} | steps {steps_}, ensemble {ens}, {spacing}, "
+               f"processing res {res}{skipped}")
+    for problem in failures:
+        click.echo(f"error: {problem}", err=True)
 
     per_call = max(1, batch_size // ens)  # whole images per pipeline call
     timings = dict.fromkeys((*STAGES, "io"), 0.0)
-    failures: list[str] = []
     done = 0
-    bar = tqdm(total=len(plans), desc="depth", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=len(plan.jobs), desc="depth", unit="img", dynamic_ncols=True)
 
-    def predict(imgs: list[Any], seed_: int) -> Any:
-        return pipe(imgs, steps=steps, ensemble=ens, processing_res=processing_res, timestep_spacing=timestep_spacing,
-                    batch_size=batch_size, seed=seed_, output_uncertainty=uncertainty)
+    def predict(imgs: list[Any], seeds: list[int]) -> Any:
+        # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
+        lat = [pipe.initial_latents([img], ens, res, seed=s)[0] for img, s in zip(imgs, seeds, strict=True)]
+        return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing,
+                    batch_size=batch_size, latents=lat, output_uncertainty=uncertainty)
 
     # Outputs are encoded and written on a worker thread while the next chunk runs; "io" is the time the loop spends
     # reading inputs and waiting for that worker.
     writer = BackgroundWriter(max_pending=max(2 * per_call, 4))
     try:
-        for k in range(0, len(plans), per_call):
+        for k in range(0, len(plan.jobs), per_call):
             chunk, images = [], []
             t_io = time.perf_counter()
-            for src, paths in plans[k:k + per_call]:
+            for job in plan.jobs[k:k + per_call]:
                 try:
-                    images.append(read_image(src))
-                    chunk.append((src, paths))
+                    images.append(read_image(job.source))
+                    chunk.append(job)
                 except ImageReadError as e:
                     failures.append(str(e))
                     tqdm.write(f"error: {e}", file=sys.stderr)
@@ -143,23 +153,23 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, device: str, 
             if not images:
                 continue
             try:
-                results = [(chunk, predict(images, seed + k))]
+                results = [(chunk, predict(images, [seed + j.index for j in chunk]))]
             except ValueError:  # e.g. a size outside the engine's range: retry one by one so only that image fails
                 results = []
-                for j, (item, img) in enumerate(zip(chunk, images, strict=True)):
+                for job, img in zip(chunk, images, strict=True):
                     try:
-                        results.append(([item], predict([img], seed + k + j)))
+                        results.append(([job], predict([img], [seed + job.index])))
                     except ValueError as e:
-                        failures.append(f"{item[0]}: {e}")
-                        tqdm.write(f"error: {item[0]}: {e}", file=sys.stderr)
+                        failures.append(f"{job.source}: {e}")
+                        tqdm.write(f"error: {job.source}: {e}", file=sys.stderr)
                         bar.update(1)
-            for part, res in results:
+            for part, res_ in results:
                 for stage in STAGES:
-                    timings[stage] += res.timings[stage]
+                    timings[stage] += res_.timings[stage]
                 t_io = time.perf_counter()
-                for j, (src, paths) in enumerate(part):
-                    unc = res.uncertainty[j] if res.uncertainty is not None else None
-                    writer.submit(str(src), paths, np.asarray(res.depth[j]), unc)
+                for j, job in enumerate(part):
+                    unc = res_.uncertainty[j] if res_.uncertainty is not None else None
+                    writer.submit(str(job.source), job.paths, np.asarray(res_.depth[j]), unc)
                     done += 1
                 timings["io"] += time.perf_counter() - t_io
                 bar.update(len(part))
@@ -171,6 +181,12 @@ def main(inputs: tuple[Path, ...], engine: Path | None, out: Path, device: str, 
         bar.close()
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # finish the queued writes, so every image counted as done has its whole output set
+        writer.abandon()
+        bar.close()
+        click.echo(f"interrupted after {done} image(s): run the same command again to finish the rest "
+                   "(finished images are skipped)", err=True)
+        sys.exit(130)
     bar.close()
     wall = time.perf_counter() - t_start
     stages = ", ".join(f"{s} {v:.2f}" for s, v in timings.items() if v > 0)

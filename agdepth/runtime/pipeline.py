@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from agdepth.ensemble import ensemble_depth
 from agdepth.networks import LATENT_CHANNELS
 from agdepth.runtime.backends import DepthBackend
-from agdepth.runtime.preprocess import ImageInput, as_image_list, preprocess, resize, unpad
+from agdepth.runtime.preprocess import ImageInput, as_image_list, image_size, preprocess, processed_size, resize, unpad
 
 if TYPE_CHECKING:
     from agdepth.export import Manifest
@@ -160,6 +160,38 @@ class DepthPipeline:
                              f"or None, got {processing_res}")
         return side
 
+    def check_settings(self, steps: int | None = None, ensemble: int | None = None, processing_res: int | None = None,
+                       timestep_spacing: str | None = None) -> tuple[int, int, int, str]:
+        """The settings a call would use (None = the checkpoint's default), validated without touching an image:
+        ranges, and the processing resolution against the backend's exported shape range. Raises ValueError."""
+        be = self.backend
+        d = be.defaults
+        steps = d.steps if steps is None else int(steps)
+        ens = d.ensemble_size if ensemble is None else int(ensemble)
+        spacing = d.timestep_spacing if timestep_spacing is None else timestep_spacing
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if ens < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ens}")
+        if processing_res is not None and int(processing_res) < 0:
+            raise ValueError(f"processing_res must be >= 0 (0 = native resolution), got {processing_res}")
+        res = self._processing_resolution(processing_res)
+        be.schedule.ddim_step_pairs(steps, spacing)  # steps within the schedule, a known spacing
+        if res > 0:  # the longer edge, padded as preprocessing will: within the exported range?
+            side = self._padded_size((res, res), res)[0]
+            be.check_shapes(1, side, side)
+        return steps, ens, res, spacing
+
+    def _padded_size(self, size: tuple[int, int], res: int) -> tuple[int, int]:
+        """(H, W) the networks see for an input of ``size`` at processing resolution ``res``: resized as
+        :func:`preprocess` does, then padded to a multiple of f or to the static canvas."""
+        canvas = self.backend.static_size
+        if canvas is not None:
+            return canvas
+        f = self.backend.vae_scale_factor
+        h, w = processed_size(size, res)
+        return -(-h // f) * f, -(-w // f) * f
+
     def initial_latents(self, images: ImageInput | list[ImageInput], ensemble: int | None = None,
                         processing_res: int | None = None, seed: int = 0) -> list[torch.Tensor]:
         """Initial noise drawn on the CPU, one [E,4,h,w] tensor per image, for ``latents=``: the same numbers
@@ -171,9 +203,8 @@ class DepthPipeline:
         g = torch.Generator().manual_seed(int(seed))
         out: list[torch.Tensor] = []
         for img in as_image_list(images):
-            (grp,) = preprocess([img], res, align=f, canvas=be.static_size)
-            out.append(torch.randn((ens, LATENT_CHANNELS, grp.image.shape[-2] // f, grp.image.shape[-1] // f),
-                                   generator=g))
+            h, w = self._padded_size(image_size(img), res)
+            out.append(torch.randn((ens, LATENT_CHANNELS, h // f, w // f), generator=g))
         return out
 
     # ------------------------------------------------------------------ call
@@ -209,18 +240,8 @@ class DepthPipeline:
         """
         t_start = time.perf_counter()
         be = self.backend
-        d = be.defaults
-        steps = d.steps if steps is None else int(steps)
-        ens = d.ensemble_size if ensemble is None else int(ensemble)
+        steps, ens, res, spacing = self.check_settings(steps, ensemble, processing_res, timestep_spacing)
         canvas = be.static_size
-        res = self._processing_resolution(processing_res)
-        spacing = d.timestep_spacing if timestep_spacing is None else timestep_spacing
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if ens < 1:
-            raise ValueError(f"ensemble must be >= 1, got {ens}")
-        if res < 0:
-            raise ValueError(f"processing_res must be >= 0 (0 = native resolution), got {res}")
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 = all at once), got {batch_size}")
         if batch_size == 0 and be.max_batch is not None:
@@ -239,6 +260,8 @@ class DepthPipeline:
         with clock("preprocess"):
             image_list = as_image_list(images)
             f = be.vae_scale_factor
+            for size in {image_size(img) for img in image_list}:  # before resizing: a huge size fails here, cheaply
+                be.check_shapes(1, *self._padded_size(size, res))
             groups = preprocess(image_list, res, device, dtype, align=f, canvas=canvas)
             n_images = len(image_list)
             latent_shape: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * n_images

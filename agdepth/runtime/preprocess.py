@@ -44,6 +44,15 @@ def as_image_list(images: Any) -> list[ImageInput]:
     raise TypeError(f"expected a PIL image, a numpy array or a list of them, got {type(images).__name__}")
 
 
+def image_size(image: ImageInput) -> tuple[int, int]:
+    """(H, W) of a PIL image or a [H,W(,C)] array, without converting it."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return int(image.shape[0]), int(image.shape[1])
+    raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+
+
 def to_rgb_array(image: ImageInput) -> np.ndarray:
     """A PIL image or numpy array -> [H,W,3] numpy array (dtype kept; PIL modes other than RGB converted).
 

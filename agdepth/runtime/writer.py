@@ -6,12 +6,21 @@ PNG encoding (zlib) and file writes release the GIL, so one worker overlaps them
 
 from __future__ import annotations
 
+import errno
+import re
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from agdepth.imageio import PathLike, write_outputs
+
+
+def disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or numpy's short write ("76800 requested and 56288 written"), which carries no errno."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return bool(re.search(r"\d+ requested and \d+ written", str(err)))
 
 
 class OutputWriteError(RuntimeError):
@@ -43,6 +52,10 @@ class BackgroundWriter:
         try:
             fut.result()
         except (OSError, ValueError) as e:
+            if disk_full(e):
+                raise OutputWriteError(f"no space left on device while writing the outputs of {source}: free some "
+                                       "space and run the same command again (finished images are kept and skipped)"
+                                       ) from e
             raise OutputWriteError(f"could not write the outputs of {source}: {e}") from e
 
     def close(self) -> None:
