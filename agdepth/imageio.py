@@ -216,10 +216,15 @@ def collect_inputs(inputs: Sequence[PathLike], recursive: bool = False, exclude:
         if not os.fspath(raw):
             raise FileNotFoundError("an input path is empty ('')")
         given = Path(raw)
-        if not (given.exists() or given.is_symlink()):
+        try:  # a path under a folder we may not enter raises PermissionError here: one input fails, not the run
+            exists, is_dir = given.exists() or given.is_symlink(), given.is_dir()
+        except OSError as e:
+            problems.append(f"cannot read {os.fspath(raw)}: {e.strerror or e}")
+            continue
+        if not exists:
             raise FileNotFoundError(f"input path does not exist: {os.fspath(raw)!r}")
         given = Path(os.path.abspath(given))  # absolute and '..'-free, but symlinks are inputs in their own right
-        if given.is_dir():
+        if is_dir:
             found = [(given / rel, rel.with_suffix("")) for rel in _scan_folder(given, recursive, excluded, problems)]
         else:
             found = [(given, Path(given.stem))]
@@ -237,7 +242,7 @@ def collect_inputs(inputs: Sequence[PathLike], recursive: bool = False, exclude:
             pairs.append((source, stem))
     if not pairs:
         where = ", ".join(os.fspath(p) for p in inputs) or "(no inputs given)"
-        raise ValueError(f"no input images found in {where}")
+        raise ValueError(f"no input images found in {where}" + (f" ({'; '.join(problems)})" if problems else ""))
     return pairs
 
 

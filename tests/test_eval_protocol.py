@@ -76,7 +76,8 @@ def _noisy(sample: EvalSample) -> np.ndarray:
 
 def test_failures_are_listed_and_counted(tmp_path: Path) -> None:
     summary = evaluate_dataset(_Toy(), _noisy, tmp_path, {"source": "test"}, progress=False)
-    assert summary["count"] == {"total": 4, "scored": 2, "failed": 2, "missing": 0, "corrupt": 1, "empty": 1}
+    assert summary["count"] == {"total": 4, "scored": 2, "failed": 2, "missing": 0, "corrupt": 1, "invalid": 0,
+                                "empty": 1}
     failed = {f["name"]: f for f in summary["failed"]}
     assert "c_depth.png" in failed["scene2/c.png"]["reason"] and failed["scene2/d.png"]["status"] == "empty"
     assert summary["notes"] == ["toy: 4 samples, the official split has 5"]
@@ -141,9 +142,9 @@ def test_cli_scores_saved_predictions_of_a_procedural_domain(tmp_path: Path) -> 
     args = ["--dataset", "procedural-tabletop", "--predictions", str(tmp_path / "p"), "--count", "3", "--size", "32",
             "--out", str(tmp_path / "out"), "--no-progress"]
     r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0, r.output
-    assert "2 of 3 samples scored" in r.output and "1 missing" in r.output
-    r = CliRunner().invoke(main, args)  # the same command again resumes: settings as stored compare equal
+    assert r.exit_code == 1, r.output  # a failed sample fails the run ...
+    assert "2 of 3 samples scored, 1 failed" in r.output and "1 missing" in r.output
+    r = CliRunner().invoke(main, [*args, "--allow-failures"])  # ... unless allowed; resumes: settings compare equal
     assert r.exit_code == 0 and "resuming: 2 of 3 samples already scored" in r.output, r.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["metrics"]["abs_rel"] < 1e-6 and summary["metrics"]["edge_f1"] == pytest.approx(1.0)

@@ -4,7 +4,8 @@
 2. reruns never read their own outputs, with --out inside or equal to the input folder;
 3. every option is checked before the model loads; settings the model decides (processing resolution against an
    exported range) before any image is read; the header shows the values used;
-4. an unreadable sub-folder, a broken link or an empty argument is one line, not a traceback; GIFs are read;
+4. an unreadable sub-folder or file argument, a broken link or an empty argument is one line, not a traceback, and
+   the other inputs still run; GIFs are read;
 5. a full disk is said in those words, and the same command afterwards finishes the rest;
 6. an interrupted run, run again without --overwrite, completes and equals an uninterrupted run.
 """
@@ -146,6 +147,22 @@ def test_unreadable_subfolder_is_one_line_and_the_run_goes_on(tmp_path: Path, mo
     code, text = run(str(d), "--recursive", "--out", str(tmp_path / "o"), "--formats", "npy")
     assert code == 1 and f"cannot read folder {d / 'locked'}: Permission denied" in text
     assert (tmp_path / "o" / "img00_depth.npy").is_file() and "Traceback" not in text
+
+
+def test_an_unreadable_file_argument_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _scenes(tmp_path / "in", 1)
+    locked = tmp_path / "locked" / "x.png"
+    real = Path.exists
+
+    def exists(self: Path, **kw: object) -> bool:  # stat() under a folder without search permission
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "exists", exists)
+    code, text = run(str(locked), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--formats", "npy")
+    assert code == 1 and f"cannot read {locked}: Permission denied" in text
+    assert (tmp_path / "o" / "img00_depth.npy").is_file()
 
 
 def test_gifs_are_read_broken_links_and_empty_arguments_are_reported(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@
     depth-eval --dataset procedural-forest --predictions my_method/forest --label my-method
     depth-eval table 1 eval/*/ --md table1.md
     depth-eval datasets
+
+Exit status of a run: 0 when every sample was scored; 1 when any sample failed (unless --allow-failures) or none
+was scored; 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from agdepth.evaluation.datasets import DATASETS, EvalSample, build_dataset
 from agdepth.evaluation.protocol import (
+    STATUSES,
     PredictionsDir,
     Predictor,
     evaluate_dataset,
@@ -42,6 +46,19 @@ class _RunByDefault(click.Group):
 @click.group(cls=_RunByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Evaluate depth predictions on a benchmark (run, the default) or assemble the paper's tables (table)."""
+
+
+class _ModelPredictor:
+    """A model's predictions; ``origin`` names the model in the reason of an unusable prediction."""
+
+    def __init__(self, predict: Predictor, origin: str) -> None:
+        self.predict, self._origin = predict, origin
+
+    def __call__(self, sample: EvalSample) -> np.ndarray:
+        return self.predict(sample)
+
+    def origin(self, sample: EvalSample) -> str:
+        return self._origin
 
 
 def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, steps: int | None,
@@ -99,13 +116,22 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
               help="Result folder. Default: eval/<dataset>/<label>.")
 @click.option("--save-predictions", is_flag=True, help="Also keep each raw prediction as OUT/predictions/<name>.npy.")
 @click.option("--overwrite", is_flag=True, help="Discard results of other settings in OUT instead of refusing.")
+@click.option("--allow-failures", is_flag=True,
+              help="Exit 0 even when some samples failed (they are still listed and counted). Without it, any "
+                   "failed sample makes the exit status 1; no scored sample always does.")
 @click.option("--no-progress", is_flag=True)
 def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, predictions: Path | None,
         device: str, steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
         seed: int, alignment: str | None, min_depth: float | None, max_depth: float | None,
         filename_list: Path | None, kitti_crop: str, count: int, size: int, label: str | None, out: Path | None,
-        save_predictions: bool, overwrite: bool, no_progress: bool) -> None:
-    """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row."""
+        save_predictions: bool, overwrite: bool, allow_failures: bool, no_progress: bool) -> None:
+    """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row.
+
+    A sample that cannot be read, has no prediction, an unusable prediction (not one [H, W] map; NaN or inf at a
+    scored pixel) or no scored pixel fails: it is listed with its reason and never enters the means. Exit status:
+    0 when every sample was scored, 1 when any failed (0 with --allow-failures) or none was scored, 2 on a usage
+    error. A rerun into the same --out retries the failed samples.
+    """
     sources = [s for s in (engine, checkpoint, predictions) if s is not None]
     if len(sources) != 1:
         raise click.UsageError("give exactly one of --engine, --checkpoint, --predictions")
@@ -138,8 +164,9 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
                                              seed)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise click.UsageError(str(e)) from e
-        settings["source"] = {"engine" if engine else "checkpoint": str(sources[0]), **used,
-                              "weights": weights_fingerprint(sources[0])}
+        kind = "engine" if engine else "checkpoint"
+        settings["source"] = {kind: str(sources[0]), **used, "weights": weights_fingerprint(sources[0])}
+        predict = _ModelPredictor(predict, f"prediction of {kind} {sources[0]}")
     label = label or sources[0].stem or sources[0].name
     out = out or Path("eval") / ds.name / label
     try:
@@ -150,14 +177,20 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     c = summary["count"]
-    click.echo(f"{ds.name}: {c['scored']} of {c['total']} samples scored -> {out}")
+    click.echo(f"{ds.name}: {c['scored']} of {c['total']} samples scored, {c['failed']} failed -> {out}")
     for note in summary["notes"]:
         click.echo(f"note: {note}")
     if c["failed"]:
-        click.echo(f"{c['failed']} samples not scored (listed in {out / 'summary.json'}): "
-                   + ", ".join(f"{c[s]} {s}" for s in ("missing", "corrupt", "empty") if c[s]))
+        click.echo(f"{c['failed']} of {c['total']} samples not scored (listed with their reasons in "
+                   f"{out / 'summary.json'} and per_sample.csv): "
+                   + ", ".join(f"{c[s]} {s}" for s in STATUSES if s != "ok" and c[s]))
     click.echo(markdown_row(summary))
     if c["scored"] == 0:
+        click.echo(f"error: no sample of {ds.name} was scored", err=True)
+        sys.exit(1)
+    if c["failed"] and not allow_failures:
+        click.echo(f"error: {c['failed']} of {c['total']} samples failed (exit status 1; --allow-failures accepts "
+                   "them; a rerun into the same --out retries them)", err=True)
         sys.exit(1)
 
 

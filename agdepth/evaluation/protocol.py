@@ -3,15 +3,30 @@
 Per sample (Marigold's ``eval.py``): the prediction is resized to the ground truth's size if needed (bilinear),
 aligned to it by least squares (depth space; disparity space as an option) on the scored pixels, clipped to the
 dataset's depth range, and measured with :mod:`agdepth.metrics`; dense ground truth also gets the boundary F1. The
-summary averages per image. A sample that cannot be read, has no prediction, or has no scored pixel is listed with
-its reason and counted: it is never dropped silently.
+summary averages per image. A sample that cannot be read, has no prediction, has an unusable prediction, or has no
+scored pixel is listed with its reason and counted: it is never dropped silently, and it never changes the means.
+
+Scored pixels are the dataset's mask where the ground truth is finite and > 0: NaN/inf ground truth never enters the
+alignment or the metrics.
+
+Unusable predictions (status ``invalid``), from any source (saved ``.npy`` maps, or a model on any backend):
+    * not one [H, W] map of real numbers (after dropping singleton batch/channel axes), or empty;
+    * any non-finite value (NaN, +inf, -inf) at a scored pixel, counted after the resize to the ground truth: the
+      whole sample fails, with a reason naming the file (or the model) and the count of non-finite pixels. It is
+      not scored on its finite pixels: a metric must not silently change with a few broken pixels. Non-finite
+      values at pixels that are not scored (e.g. sky) are allowed when the map has the ground truth's size; a map of
+      another size spreads them by interpolation, so they then count where they land;
+    * finite values so extreme that the alignment or a metric overflows (a non-finite metric).
 
 Output folder:
     settings.json    what the scores depend on; a resumed run must match it
-    per_sample.csv   one row per sample: name, status (ok / missing / corrupt / empty), reason, metrics
-    summary.json     counts, failures, mean metrics, command, machine, versions
+    per_sample.csv   one row per sample: name, status (ok / missing / corrupt / invalid / empty), reason, metrics
+    summary.json     counts (total, scored, failed, per status), failures, mean metrics (empty when nothing was
+                     scored; null for a boundary score no scored image defines), notes, command, machine, versions
     row.md           the markdown table row of this result
     predictions/     (--save-predictions) the raw predictions as <name>.npy, re-scorable with --predictions
+
+A resumed run keeps the rows scored ``ok`` with finite metrics and retries every other sample.
 """
 
 from __future__ import annotations
@@ -36,8 +51,78 @@ from agdepth.machine import machine_info, package_versions
 from agdepth.metrics import METRIC_NAMES, Alignment, aligned_depth, boundary_f1, compute_metrics, mean_metrics
 
 BOUNDARY_NAMES: tuple[str, ...] = ("edge_precision", "edge_recall", "edge_f1")
-STATUSES: tuple[str, ...] = ("ok", "missing", "corrupt", "empty")
-Predictor = Callable[[EvalSample], np.ndarray]  # a sample -> affine-invariant depth (or disparity) map
+STATUSES: tuple[str, ...] = ("ok", "missing", "corrupt", "invalid", "empty")
+# a sample -> affine-invariant depth (or disparity) map. A predictor may also have ``origin(sample) -> str`` naming
+# where its map comes from (a file); the reason of an invalid prediction starts with it.
+Predictor = Callable[[EvalSample], np.ndarray]
+
+
+class PredictionError(ValueError):
+    """A prediction that cannot be scored (see the module docstring); its sample's status is ``invalid``."""
+
+
+def scored_mask(sample: EvalSample) -> np.ndarray:
+    """The pixels that are scored: the sample's mask where the ground truth is finite and > 0 (as
+    :mod:`agdepth.metrics` restricts every mask)."""
+    gt = np.asarray(sample.depth, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(sample.mask, bool) & np.isfinite(gt) & (gt > 0)
+
+
+def as_depth_map(pred: Any, origin: str = "prediction") -> np.ndarray:
+    """``pred`` as one float64 [H, W] map (singleton batch/channel axes dropped); PredictionError naming ``origin``
+    when it is not a non-empty real-valued map of that shape."""
+    if isinstance(pred, torch.Tensor):
+        pred = pred.detach().cpu().numpy()
+    try:
+        a = np.asarray(pred)
+    except (ValueError, TypeError) as e:  # e.g. a ragged list
+        raise PredictionError(f"{origin}: not an array ({e})") from e
+    if a.dtype.kind not in "biuf":
+        raise PredictionError(f"{origin}: dtype {a.dtype} is not a real-valued depth map")
+    if a.size == 0:
+        raise PredictionError(f"{origin}: empty prediction (shape {a.shape})")
+    shape = a.shape
+    while a.ndim > 2 and 1 in (a.shape[0], a.shape[-1]):  # [1,H,W], [1,1,H,W], [H,W,1]
+        a = a[0] if a.shape[0] == 1 else a[..., 0]
+    if a.ndim != 2:
+        raise PredictionError(f"{origin}: a prediction must be one [H, W] map, got shape {shape}")
+    return a.astype(np.float64)
+
+
+def checked_prediction(pred: Any, sample: EvalSample, origin: str = "prediction") -> np.ndarray:
+    """``pred`` as it is scored: one float64 map at the ground truth's size (:func:`as_depth_map`, :func:`resize_to`),
+    finite at every scored pixel. PredictionError (naming ``origin`` and counting the non-finite scored pixels)
+    otherwise."""
+    a = pred if isinstance(pred, np.ndarray) and pred.dtype == np.float64 and pred.ndim == 2 else as_depth_map(
+        pred, origin)
+    p = resize_to(a, sample.depth.shape)
+    scored = scored_mask(sample)
+    bad = scored & ~np.isfinite(p)
+    n = int(bad.sum())
+    if n:
+        v = p[bad]
+        kinds = ", ".join(f"{k} {what}" for k, what in ((int(np.isnan(v).sum()), "NaN"),
+                                                         (int(np.isposinf(v).sum()), "+inf"),
+                                                         (int(np.isneginf(v).sum()), "-inf")) if k)
+        resized = (f" after resizing the {a.shape[0]}x{a.shape[1]} map to the ground truth's "
+                   f"{p.shape[0]}x{p.shape[1]}" if a.shape != p.shape else "")
+        raise PredictionError(f"{origin}: {n} of {int(scored.sum())} scored pixels are not finite ({kinds}){resized}")
+    return p
+
+
+def score_checked(pred: Any, sample: EvalSample, depth_range: tuple[float, float], alignment: Alignment,
+                  dense: bool, alignment_max_res: int | None = None, origin: str = "prediction") -> dict[str, float]:
+    """:func:`score` of a :func:`checked_prediction`, and PredictionError when a metric is still not finite (finite
+    values so extreme that the alignment overflows). Boundary scores may be NaN: undefined without depth edges."""
+    p = checked_prediction(pred, sample, origin)
+    metrics = score(p, sample, depth_range, alignment, dense, alignment_max_res)
+    bad = [k for k in METRIC_NAMES if not math.isfinite(metrics[k])]
+    if bad:
+        v = p[scored_mask(sample)]
+        raise PredictionError(f"{origin}: scoring gave non-finite {', '.join(bad)} (prediction values "
+                              f"{v.min():.3g} to {v.max():.3g} at the scored pixels)")
+    return metrics
 
 
 def score(pred: np.ndarray, sample: EvalSample, depth_range: tuple[float, float], alignment: Alignment,
@@ -95,6 +180,9 @@ class PredictionsDir:
     def path(self, name: str) -> Path:
         return self.root / Path(name).with_suffix(".npy")
 
+    def origin(self, sample: EvalSample) -> str:
+        return str(self.path(sample.name))
+
     def __call__(self, sample: EvalSample) -> np.ndarray:
         path = self.path(sample.name)
         if not path.is_file():
@@ -109,8 +197,19 @@ def _fieldnames(dense: bool) -> list[str]:
     return ["name", "status", "reason", *METRIC_NAMES, *(BOUNDARY_NAMES if dense else ())]
 
 
+def _scored_row(row: dict[str, Any]) -> bool:
+    """A per_sample.csv row that a resumed run keeps: status ok and every metric a finite number (a row written by
+    an older version from a non-finite prediction is scored again)."""
+    if row.get("status") != "ok":
+        return False
+    try:
+        return all(math.isfinite(float(row[k])) for k in METRIC_NAMES)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
-    """Create/validate the output folder; return the rows already scored (status ok) for resuming."""
+    """Create/validate the output folder; return the rows already scored (status ok, finite metrics) for resuming."""
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(settings))  # as stored (tuples become lists), so a resume compares like with like
     settings_file, csv_file = out / "settings.json", out / "per_sample.csv"
@@ -128,7 +227,7 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[s
     if csv_file.is_file():
         with csv_file.open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if row.get("status") == "ok":
+                if _scored_row(row):
                     done[row["name"]] = row
     return done
 
@@ -151,7 +250,8 @@ def evaluate_dataset(
 
     ``settings`` (model source, inference settings) joins the protocol's own settings in settings.json: a folder
     is resumed only under identical settings, and then samples already scored ``ok`` are skipped (failed ones are
-    retried). ``alignment``/``depth_range`` default to the dataset's.
+    retried). ``alignment``/``depth_range`` default to the dataset's. A prediction is checked by
+    :func:`score_checked` whatever ``predict`` is; an unusable one fails its sample (status ``invalid``).
     """
     out = Path(out)
     alignment = dataset.alignment if alignment is None else alignment
@@ -165,6 +265,7 @@ def evaluate_dataset(
     fields = _fieldnames(dataset.dense)
     rows: dict[str, dict[str, Any]] = {n: done[n] for n in names if n in done}
     pred_dir = out / "predictions"
+    origin_of: Callable[[EvalSample], str] | None = getattr(predict, "origin", None)
     with (out / "per_sample.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -181,16 +282,22 @@ def evaluate_dataset(
             try:
                 sample = dataset.load(i)
                 pred = predict(sample)
-                if save_predictions:
+                origin = origin_of(sample) if origin_of is not None else f"prediction of {label}"
+                pred = as_depth_map(pred, origin)
+                if save_predictions:  # before the finiteness check: a broken map is kept to be looked at
                     target = pred_dir / Path(sample.name).with_suffix(".npy")
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(target, np.asarray(pred, np.float32))
-                row.update(score(pred, sample, (lo, hi), alignment, dataset.dense, dataset.alignment_max_res))
+                    np.save(target, pred.astype(np.float32))
+                    origin = f"{origin} (saved as {target})"
+                row.update(score_checked(pred, sample, (lo, hi), alignment, dataset.dense, dataset.alignment_max_res,
+                                         origin))
             except FileNotFoundError as e:
                 row.update(status="missing", reason=f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
             except SampleReadError as e:
                 row.update(status="missing" if isinstance(e.__cause__, FileNotFoundError) else "corrupt",
                            reason=str(e))
+            except PredictionError as e:
+                row.update(status="invalid", reason=str(e))
             except ValueError as e:  # no scored pixel (e.g. an all-invalid ground truth)
                 row.update(status="empty", reason=str(e))
             if row["status"] != "ok":
@@ -220,8 +327,16 @@ def summarize(rows: list[dict[str, Any]], dataset: EvalDataset, label: str, sett
               command: str = "") -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok"]
     keys = [k for k in (*METRIC_NAMES, *BOUNDARY_NAMES) if ok and k in ok[0]]
-    metrics = average([{k: float(r[k]) for k in keys} for r in ok]) if ok else {}
+    metrics: dict[str, float | None] = {}
+    metrics.update(average([{k: float(r[k]) for k in keys} for r in ok]) if ok else {})
     notes = [n for n in (dataset.count_note(),) if n]
+    if not ok:
+        notes.append(f"no sample scored (0 of {len(rows)}): no mean metrics")
+    undefined = [k for k, v in metrics.items() if v is None or math.isnan(v)]
+    for k in undefined:  # only boundary scores can be NaN here (no depth edges); a JSON null, never a NaN
+        metrics[k] = None
+    if undefined:
+        notes.append(f"{', '.join(undefined)}: undefined on every scored sample (no depth edges), written as null")
     return {
         "label": label,
         "dataset": dataset.name,
@@ -243,9 +358,12 @@ def markdown_row(summary: dict[str, Any]) -> str:
     """``| label | dataset | AbsRel | δ1 | δ2 | δ3 | edge F1 | scored/total |`` (percent, as in the paper)."""
     m, c = summary["metrics"], summary["count"]
 
-    def pct(k: str) -> str:
-        return f"{100 * m[k]:.1f}" if k in m else "-"
+    def defined(k: str) -> bool:
+        return m.get(k) is not None and math.isfinite(m[k])
 
-    edge = f"{m['edge_f1']:.3f}" if "edge_f1" in m and not math.isnan(m["edge_f1"]) else "-"
+    def pct(k: str) -> str:
+        return f"{100 * m[k]:.1f}" if defined(k) else "-"
+
+    edge = f"{m['edge_f1']:.3f}" if defined("edge_f1") else "-"
     return (f"| {summary['label']} | {summary['dataset']} | {pct('abs_rel')} | {pct('delta1')} | {pct('delta2')} | "
             f"{pct('delta3')} | {edge} | {c['scored']}/{c['total']} |")
