@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -35,27 +36,57 @@ from agdepth.schedule import NoiseSchedule
 
 EMBEDDING_FILE = "empty_text_embedding.safetensors"
 EMBEDDING_KEY = "empty_text_embedding"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' from_pretrained(use_safetensors=True) reads
+
+logger = logging.getLogger(__name__)
+
+
+def _remove(path: Path) -> None:
+    # a symlink is unlinked, never followed (shutil.rmtree refuses links; older versions left such a `.X.old` link)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block completes."""
+    """Yield a temporary directory that replaces ``target`` only if the block completes.
+
+    A symlinked ``target`` stays a link: the directory it points to is replaced. The new directory has the mode a
+    plain ``mkdir`` gives (0o777 & ~umask). No temporary or ``.old`` directory is left behind, whether the block
+    completes or fails.
+    """
     target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()  # write beside the link's target and swap there: the link itself is untouched
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a directory")
+    # mkdir, not tempfile.mkdtemp: mkdtemp's 0o700 would stay on the result (and on every later export)
+    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
+    tmp.mkdir()
+    old = target.with_name(f".{target.name}.old")
     try:
         yield tmp
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
         if target.exists():
+            if os.path.lexists(old):
+                _remove(old)  # left by an interrupted swap; `target` is newer
             os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old.exists() and not target.exists():
+                os.replace(old, target)  # put the previous contents back
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if os.path.lexists(old):  # the swap is done: failing to delete the previous contents is not a failed write
+        try:
+            _remove(old)
+        except OSError as e:
+            logger.warning("could not delete the previous contents of %s at %s (%s): delete it by hand", target, old, e)
 
 
 def marigold_schedule(timestep_spacing: str = "trailing") -> NoiseSchedule:
@@ -117,31 +148,79 @@ def save_checkpoint(
     return Path(out_dir)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object (a {type(data).__name__})")
+    return data
+
+
+def _check_safetensors(path: Path, key: str | None = None) -> None:
+    from safetensors import safe_open
+
+    try:  # reads the header only; it must describe tensors that exactly fill the file, so truncation shows here
+        with safe_open(path, "pt") as f:
+            keys = set(f.keys())
+    except Exception as e:  # SafetensorError derives from Exception only
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a readable safetensors file ({detail})") from None
+    if key is not None and key not in keys:
+        raise ValueError(f"{path}: has no tensor {key!r} (has: {sorted(keys)})")
+
+
+def check_files(ckpt_dir: str | Path, subfolders: tuple[str, ...] = ("unet", "vae")) -> None:
+    """Parse every config and weights file the load will read: a truncated or damaged one is one ValueError naming
+    it (diffusers would raise an OSError traceback, after its warnings), a missing weights file a FileNotFoundError.
+    Cheap: JSON parsing and safetensors headers. Subfolders without config.json are left to the loader to report."""
+    root = Path(ckpt_dir)
+    for cfg in (root / "model_index.json", root / "scheduler" / "scheduler_config.json"):
+        if cfg.is_file():
+            _read_json(cfg)
+    for sub in subfolders:
+        if not (root / sub / "config.json").is_file():
+            continue
+        _read_json(root / sub / "config.json")
+        weights, index = root / sub / WEIGHTS_FILE, root / sub / f"{WEIGHTS_FILE}.index.json"
+        if index.is_file() and not weights.is_file():  # sharded: the index names the shards
+            shards = sorted({root / sub / str(f) for f in (_read_json(index).get("weight_map") or {}).values()})
+        else:
+            shards = [weights]
+        for shard in shards:
+            if not shard.is_file():
+                raise FileNotFoundError(f"{shard} is missing: {root / sub} has no weights")
+            _check_safetensors(shard)
+    if (root / EMBEDDING_FILE).is_file():
+        _check_safetensors(root / EMBEDDING_FILE, EMBEDDING_KEY)
+
+
 def read_model_index(ckpt_dir: str | Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / "model_index.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    return _read_json(path) if path.is_file() else {}
 
 
 def load_checkpoint(
     ckpt_dir: str | Path, torch_dtype: torch.dtype = torch.float32, with_autoencoder: bool = False
 ) -> DepthModels:
-    """Load an agdepth or official Marigold checkpoint (or an SD2 directory, whose conv_in is expanded)."""
+    """Load an agdepth or official Marigold checkpoint (or an SD2 directory, whose conv_in is expanded).
+
+    A damaged config or weights file raises one ValueError naming it, before diffusers reads anything."""
+    ae_dir = Path(ckpt_dir) / "depth_autoencoder"
+    if with_autoencoder and not ae_dir.is_dir():
+        raise FileNotFoundError(f"{ae_dir} is missing: this checkpoint has no depth autoencoder")
+    check_files(ckpt_dir, ("unet", "vae", "depth_autoencoder") if with_autoencoder else ("unet", "vae"))
     models = load_sd2(ckpt_dir, torch_dtype=torch_dtype)
     index = read_model_index(ckpt_dir)
     models.extra["model_index"] = index
     sched_dir = Path(ckpt_dir) / "scheduler"
     if (sched_dir / "scheduler_config.json").is_file():
         models.extra["scheduler_config"] = dict(DDIMScheduler.from_pretrained(sched_dir).config)
-    ae_dir = Path(ckpt_dir) / "depth_autoencoder"
     if with_autoencoder:
-        if not ae_dir.is_dir():
-            raise FileNotFoundError(f"{ae_dir} is missing: this checkpoint has no depth autoencoder")
         from agdepth.training.depth_autoencoder import DepthAutoencoder
 
-        models.extra["depth_autoencoder"] = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True)
+        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, minus its warning on every load
+        models.extra["depth_autoencoder"] = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True,
+                                                                             low_cpu_mem_usage=False)
     return models

@@ -205,9 +205,11 @@ def load_sd2(model_dir: str | Path, torch_dtype: torch.dtype = torch.float32) ->
             raise FileNotFoundError(
                 f"{model_dir / sub / 'config.json'} is missing: not a diffusers SD2/Marigold directory"
             )
+    # low_cpu_mem_usage=False is what happens without accelerate anyway; saying so silences diffusers' warning
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", use_safetensors=True,
-                                                torch_dtype=torch_dtype)
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype)
+                                                torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype,
+                                        low_cpu_mem_usage=False)
     expanded = unet.config.in_channels == LATENT_CHANNELS
     unet = expand_conv_in(unet)
     emb_file = model_dir / "empty_text_embedding.safetensors"

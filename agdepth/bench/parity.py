@@ -113,8 +113,8 @@ def compare_networks(manifest: Manifest, checkpoint: Path, log: Callable[[str], 
     emb_shape = manifest.embedding().shape
     f = int(manifest.data["vae_scale_factor"])
     specs = describe_networks(f, emb_shape[1], emb_shape[2])
-    modules = torch_modules(UNet2DConditionModel.from_pretrained(checkpoint / "unet"),
-                            AutoencoderKL.from_pretrained(checkpoint / "vae"))
+    modules = torch_modules(UNet2DConditionModel.from_pretrained(checkpoint / "unet", low_cpu_mem_usage=False),
+                            AutoencoderKL.from_pretrained(checkpoint / "vae", low_cpu_mem_usage=False))
     # TensorRT joins when the manifest has engines and this machine can run them (the backend checks them)
     trt_backend = None
     if manifest.data.get("tensorrt") and tensorrt_status().available:

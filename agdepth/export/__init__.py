@@ -6,6 +6,7 @@
       unet.fp16.onnx vae_encoder.fp16.onnx vae_decoder.fp16.onnx   # with --fp16 (ONNX Runtime)
       unet.fp16-trt.onnx ...            # with --fp16: the graphs TensorRT engines are built from
       empty_text_embedding.npy          # [1, L, C] float32: the U-Net's constant text conditioning
+      .verified.json                    # written by the runtime: hashes already checked (Manifest.verify)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"  # cache of Manifest.verify, beside the manifest
 MANIFEST_FORMAT = "agdepth-engines/1"
 EMBEDDING_NPY = "empty_text_embedding.npy"
 PRECISIONS = ("fp32", "fp16")
@@ -49,6 +51,13 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    # ctime besides size and mtime: rewriting a file and setting its mtime back (touch -d, cp --preserve) still changes
+    # its ctime, which no user call can set; renaming the directory (the export's atomic swap, mv) changes neither
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def library_versions() -> dict[str, str]:
@@ -128,7 +137,48 @@ class Manifest:
         raise ValueError(f"{file.name} is not listed in {self.root / MANIFEST}")
 
     def embedding(self) -> np.ndarray:
-        return np.load(self.root / self.data["empty_text_embedding"]["file"])
+        entry = self.data["empty_text_embedding"]
+        path = self.verify(entry["file"], entry.get("sha256"))
+        try:
+            return np.load(path)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({e}); re-export with depth-export") from None
+
+    def verify(self, file: str | Path, expected: str | None, remedy: str = "re-export with depth-export") -> Path:
+        """``root / file`` after checking its sha256 against ``expected`` (what the manifest recorded; None, as in
+        manifests older than the hashes, skips the check): a ValueError naming the file if the contents differ.
+
+        Hashes are cached in ``.verified.json`` beside the manifest, per file name with its size, mtime and ctime: a
+        second load of an unchanged multi-GB set costs a stat per file, and any write to a file forces a rehash. The
+        cache lives with the export (deleted or replaced with it; no global state) and keys by names relative to the
+        root, so the atomic swap at the end of an export or a ``mv`` keeps it valid, while a copy (new ctimes) does
+        not. A directory that is not writable just gets no cache: every load hashes again.
+        """
+        path = self.root / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (listed in {self.root / MANIFEST})")
+        if expected is None:
+            return path
+        from agdepth.imageio import write_bytes_atomic
+
+        cache_file, name, stamp = self.root / VERIFIED, Path(file).as_posix(), _stamp(path)
+        try:
+            cache = json.loads(cache_file.read_text(encoding="utf-8"))["files"]
+            hit = cache.get(name) or {}
+            digest = hit.get("sha256") if hit.get("stamp") == stamp else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent or unreadable: start afresh
+            cache, digest = {}, None
+        if not isinstance(digest, str):
+            digest = sha256(path)
+            cache[name] = {"stamp": stamp, "sha256": digest}
+            try:
+                write_bytes_atomic(cache_file, json.dumps({"files": cache}, indent=1).encode())
+            except OSError:
+                pass  # a read-only directory: correct, only slower
+        if digest != expected:
+            raise ValueError(f"{path}: contents differ from {MANIFEST} (sha256 {digest[:12]}..., expected "
+                             f"{str(expected)[:12]}...); {remedy}")
+        return path
 
 
 def _write_manifest(root: Path, data: dict[str, Any]) -> None:
@@ -207,6 +257,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
                 progress(f"[{name}] {prec}: {path.name} ({path.stat().st_size / 2**20:.1f} MiB"
                          f"{' + external data' if data.exists() else ''}), max error vs PyTorch {worst:.1e}")
         np.save(tmp / EMBEDDING_NPY, emb.numpy())
+        emb_hash = sha256(tmp / EMBEDDING_NPY)
         manifest = {
             "format": MANIFEST_FORMAT,
             "source_checkpoint": {"path": str(checkpoint), "model_index": index.get("agdepth", {})},
@@ -217,7 +268,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             "scheduler": {k: v for k, v in sched_cfg.items() if not k.startswith("_")},
             "defaults": {"steps": defaults.steps, "processing_resolution": defaults.processing_resolution,
                          "ensemble_size": defaults.ensemble_size, "timestep_spacing": defaults.timestep_spacing},
-            "empty_text_embedding": {"file": EMBEDDING_NPY, "shape": list(emb.shape)},
+            "empty_text_embedding": {"file": EMBEDDING_NPY, "shape": list(emb.shape), "sha256": emb_hash},
             "opset": opts.opset,
             "versions": library_versions(),
             **opts.extra,
@@ -242,8 +293,11 @@ def _build_from_manifest(manifest: Manifest, progress: Callable[[str], None]) ->
     prec = TENSORRT_PRECISION if TENSORRT_PRECISION in manifest.precisions else "fp16"
     onnx_files = {name: manifest.path(name, prec) for name in NETWORK_NAMES}
     onnx_files[FALLBACK_DECODER] = manifest.path("vae_decoder", "fp32")  # for fp16 overflows at run time
-    return build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
+    info = build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
                          tuple(manifest.data["empty_text_embedding"]["shape"]), manifest.shapes, progress=progress)
+    # TensorRTBackend checks each plan against these before deserialising (TensorRT would run a modified one)
+    info["sha256"] = {name: sha256(manifest.root / file) for name, file in info["files"].items()}
+    return info
 
 
 def build_engines_only(engines_dir: str | Path, progress: Callable[[str], None] = print) -> Manifest:
@@ -255,6 +309,29 @@ def build_engines_only(engines_dir: str | Path, progress: Callable[[str], None] 
     manifest.data["tensorrt"] = _build_from_manifest(manifest, progress)
     _write_manifest(manifest.root, manifest.data)
     return manifest
+
+
+def foreign_files(out_dir: str | Path) -> list[str]:
+    """Entries of ``out_dir`` no export wrote (anything but what its manifest lists, engines, timing caches and the
+    hash cache): what ``depth-export --overwrite`` must not delete unasked. Without a readable manifest: all."""
+    out_dir = Path(out_dir)
+    entries = sorted(out_dir.iterdir())
+    try:
+        data = Manifest.load(out_dir).data
+        ours = {MANIFEST, VERIFIED, data["empty_text_embedding"]["file"],
+                *(data.get("tensorrt") or {}).get("files", {}).values()}
+        for nets in data["networks"].values():
+            for entry in nets.values():
+                ours |= {entry["file"], (entry.get("external_data") or {}).get("file")}
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return [p.name for p in entries]
+
+    def written_by_export(p: Path) -> bool:
+        # engines and timing caches of other TensorRT versions or GPUs stay behind when --engines-only rebuilds
+        return p.is_file() and (p.name in ours or p.suffix == ".plan"
+                                or (p.name.startswith("timing.") and p.suffix == ".cache"))
+
+    return [p.name for p in entries if not written_by_export(p)]
 
 
 def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> dict[str, Any]:
@@ -291,4 +368,4 @@ def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> 
             "processing_resolution": res}
 
 
-__all__ = ["ExportOptions", "Manifest", "build_engines_only", "export_checkpoint", "onnx_file"]
+__all__ = ["ExportOptions", "Manifest", "build_engines_only", "export_checkpoint", "foreign_files", "onnx_file"]

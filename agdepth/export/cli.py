@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agdepth.export import MANIFEST, ExportOptions, build_engines_only, export_checkpoint
+from agdepth.export import MANIFEST, ExportOptions, build_engines_only, export_checkpoint, foreign_files
 from agdepth.export.tensorrt_build import tensorrt_status
 
 
@@ -38,12 +38,15 @@ from agdepth.export.tensorrt_build import tensorrt_status
 @click.option("--fp16-tolerance", type=float, default=0.005, show_default=True,
               help="Largest accepted AbsRel between fp16 and fp32 depth maps.")
 @click.option("--opset", type=int, default=17, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export in --out (a symlink stays a link: the "
+              "folder it points to is replaced). Refused if --out holds files an export did not write.")
+@click.option("--force", is_flag=True, help="--overwrite even if --out holds files an export did not write (they are "
+              "deleted).")
 @click.option("--engines-only", "engines_only", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Only build TensorRT engines for an existing --fp16 export directory.")
 def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, opt_resolution: int | None,
          min_resolution: int | None, max_batch: int, static: bool, opt_batch: int | None, fp16_tolerance: float,
-         opset: int, overwrite: bool, engines_only: Path | None) -> None:
+         opset: int, overwrite: bool, force: bool, engines_only: Path | None) -> None:
     """Export a checkpoint to ONNX: unet, vae_encoder, vae_decoder, each validated against PyTorch; with --fp16 and
     TensorRT + a CUDA device present, also TensorRT engines."""
     from agdepth import default_checkpoint
@@ -60,8 +63,14 @@ def main(checkpoint: Path | None, out: Path, fp16: bool, max_resolution: int, op
             sys.exit(1)
         return
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise click.UsageError(f"{out} exists and is not empty: pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not (overwrite or force):
+            raise click.UsageError(f"{out} exists and is not empty: pass --overwrite to replace it")
+        foreign = [] if force else foreign_files(out)
+        if foreign:  # the whole folder is replaced: never delete what the user put there without being told so
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise click.UsageError(f"{out} holds files depth-export did not write ({shown}); --overwrite would delete "
+                                   "them: choose another --out, or pass --force to replace the folder anyway")
     ckpt = checkpoint or default_checkpoint()
     t0 = time.perf_counter()
     click.echo(f"exporting {ckpt} -> {out}")

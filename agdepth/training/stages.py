@@ -223,7 +223,7 @@ class UNetStage(Stage):
                                         f"{self.out_dir})")
             from diffusers import AutoencoderKL
 
-            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, low_cpu_mem_usage=False)
             tcfg = TinyModelConfig.from_dict(cfg.model)
             torch.manual_seed(cfg.seed)
             unet = build_tiny_unet(tcfg)
@@ -238,7 +238,8 @@ class UNetStage(Stage):
                 raise FileNotFoundError(f"{ae_dir} not found: the feature loss needs the pretrained depth "
                                         f"autoencoder (depth-train autoencoder --out {self.out_dir}), or set "
                                         "stages.unet.losses.feature=0")
-            self.autoencoder = _freeze(DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True).to(device))
+            ae = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True, low_cpu_mem_usage=False)
+            self.autoencoder = _freeze(ae.to(device))
         self.trainable = unet.to(device)
         if self.scfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()

@@ -1,7 +1,9 @@
 """ONNX Runtime backend: the three graphs of an engines directory (``depth-export``), one session each.
 
 The CUDA execution provider is used when onnxruntime-gpu provides it, else the CPU provider. Inputs outside the
-manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`).
+manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`). Each graph is checked before
+use: its sha256 against the manifest's (:meth:`agdepth.export.Manifest.verify`), then its session's input and output
+names and ranks against the network's description; a damaged file is one ValueError naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 
 from agdepth.export import Manifest
-from agdepth.export.onnx_export import onnx_session
+from agdepth.export.onnx_export import check_session_io, onnx_session
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
 from agdepth.schedule import NoiseSchedule
@@ -69,7 +71,13 @@ class OnnxBackend(BackendBase):
     # ------------------------------------------------------------------ DepthBackend (settings: BackendBase)
 
     def _session(self, name: str, precision: str):  # -> onnxruntime.InferenceSession
-        return onnx_session(self.manifest.path(name, precision), self.providers, self._threads)
+        m, entry = self.manifest, self.manifest.network(name, precision)
+        path = m.verify(entry["file"], entry.get("sha256"))
+        if entry.get("external_data"):
+            m.verify(entry["external_data"]["file"], entry["external_data"].get("sha256"))
+        session = onnx_session(path, self.providers, self._threads)
+        check_session_io(session, self.specs[name], path)
+        return session
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         spec = self.specs[name]

@@ -1,7 +1,8 @@
 """TensorRT backend: the three engines ``depth-export --fp16`` built, run on one CUDA stream (TensorRT 10+ I/O API).
 
 - Each engine is deserialised once, after the manifest's TensorRT version and GPU were checked against this machine
-  (engines are not portable: a mismatch is a clear error, not a crash).
+  (engines are not portable: a mismatch is a clear error, not a crash) and the plan file's sha256 against the
+  manifest's (:meth:`agdepth.export.Manifest.verify`).
 - One device-memory block, sized for the largest engine, is shared by the three execution contexts: they never run
   at the same time (one stream, one call after the other).
 - I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
@@ -81,9 +82,9 @@ class TensorRTBackend(BackendBase):
                 if name == FALLBACK_DECODER:
                     continue  # optional
                 raise FileNotFoundError(f"{m.root / 'manifest.json'} lists no {name} engine")
-            path = m.root / info["files"][name]
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (listed in {m.root / 'manifest.json'})")
+            # the plan's sha256 (recorded after the build) first: TensorRT would run a modified plan without a word
+            path = m.verify(info["files"][name], (info.get("sha256") or {}).get(name),
+                            remedy=f"rebuild it with `depth-export --engines-only {m.root}`")
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise RuntimeError(f"{path}: TensorRT {status.version} could not deserialise this engine (built by "
