@@ -12,7 +12,7 @@ TORCH_CUDA ?= torch>=2.1
 EXTRAS ?= train,dev
 HW_EXTRA ?=
 
-.PHONY: install demo test lint typecheck bench-procedural clean
+.PHONY: install demo test test-fast lint typecheck bench-procedural clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,15 +45,21 @@ demo: install
 	$(BIN)/depth-export --out engines --overwrite
 	$(BIN)/depth-run examples --engine engines/unet.onnx --out outputs --overwrite
 
+# ruff, and the package's layers (.importlinter: nothing imports upward; the runtime never imports the export)
 lint: install
 	$(BIN)/ruff check agdepth tests benchmarks scripts setup.py
+	$(BIN)/lint-imports
 
 # The TensorRT code's TensorRT, Polygraphy and torch calls, checked by mypy in a venv of its own (.venv-types)
 typecheck:
 	PY=$(PY) scripts/typecheck_tensorrt.sh
 
+# everything (CI); test-fast leaves out the tests marked slow (pytest.ini), for a quick check while working
 test: install lint typecheck
 	$(BIN)/python -m pytest -q tests
+
+test-fast: install lint
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench-procedural: install
 	$(BIN)/python benchmarks/bench_procedural.py --json benchmarks/results/procedural_speed.json \

@@ -37,7 +37,7 @@ EXTRAS = {
     "gpu-cu13": ["onnxruntime-gpu>=1.27,<2", "tensorrt-cu13>=11,<12"],  # CUDA 13
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
-    "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "transformers>=4.40,<6"],
+    "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "import-linter>=2.1,<3", "transformers>=4.40,<6"],
 }
 
 setup(

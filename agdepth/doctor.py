@@ -74,7 +74,7 @@ def probe_driver() -> list[str]:
 
 
 def probe_tensorrt() -> list[str]:
-    from agdepth.export.tensorrt_build import engine_file, tensorrt_status
+    from agdepth.artifacts.tensorrt import engine_file, tensorrt_status
 
     status = tensorrt_status()
     if status.available:

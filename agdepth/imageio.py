@@ -281,9 +281,8 @@ def _unit_map(values: Any, what: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-# zlib level for every PNG written. Pillow's default (6) made the 16-bit write of a 768 px map slower than all three
-# networks on a GPU (benchmarks/results/bench_latency_sd2_h200.md); level 1 writes 3.5-3.9x faster for files 21-46 %
-# larger (benchmarks/results/png_write.md). A deployment runtime is latency-bound, disk is not.
+# zlib level for every PNG written: level 1 writes several times faster than Pillow's default (6) for somewhat larger
+# files, and a deployment runtime is latency-bound, disk is not.
 PNG_COMPRESS_LEVEL = 1
 
 

@@ -19,7 +19,7 @@ python -c "
 import numpy as np
 from pathlib import Path
 from agdepth.evaluation.datasets import ProceduralEvalDataset
-from agdepth.evaluation.procedural import mean_train_depth
+from agdepth.training.baseline import mean_train_depth
 for d in ('forest', 'tabletop'):
     for name in ProceduralEvalDataset(d, 50).names():
         p = Path('$out/trivial_predictions') / name

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
-from agdepth.evaluation.procedural import evaluate_on_domains, mean_depth_predictor
+from agdepth.evaluation.procedural import evaluate_on_domains
 from agdepth.machine import machine_info, package_versions, report_header
 from agdepth.runtime import DepthPipeline
+from agdepth.training.baseline import mean_depth_predictor
 
 COLUMNS = ("abs_rel", "delta1", "edge_f1")
 

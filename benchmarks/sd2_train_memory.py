@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from agdepth.data.procedural import render_scene
+from agdepth.depth_autoencoder import DepthAutoencoder
 from agdepth.training.config import load_config
-from agdepth.training.depth_autoencoder import DepthAutoencoder
 from agdepth.training.stages import LossModule, UNetStage
 from agdepth.training.trainer import _autocast, step_generator
 

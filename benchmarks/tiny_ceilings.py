@@ -39,9 +39,9 @@ from agdepth.bench.report import markdown_document, report_meta, stamp_end, writ
 from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, DEPTH_RANGES, EVAL_DOMAINS, camera_overrides, render_scene
 from agdepth.depth_norm import normalize_depth
 from agdepth.evaluation.datasets import EvalSample, ProceduralEvalDataset
-from agdepth.evaluation.procedural import mean_train_depth
 from agdepth.evaluation.protocol import resize_to, score
 from agdepth.runtime import DepthPipeline
+from agdepth.training.baseline import mean_train_depth
 from agdepth.training.config import load_config
 
 SPACES = {"depth": "least_squares", "disparity": "least_squares_disparity"}

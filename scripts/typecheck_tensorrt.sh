@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv-types}"
 py="${PY:-python3}"
-files=(agdepth/export/tensorrt_build.py agdepth/runtime/backends/tensorrt_backend.py agdepth/bench/parity.py
+files=(agdepth/artifacts/tensorrt.py agdepth/export/tensorrt_build.py agdepth/runtime/backends/tensorrt_backend.py
+       agdepth/bench/parity.py
        tests/fake_tensorrt.py)
 negative=scripts/typecheck_negative.py
 

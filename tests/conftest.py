@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# The timeout of a subprocess or wait in a test: it only stops a hung run. An hour is far above any run here, however
+# busy the machine (a test must never fail because the machine is slow), and is never a statement about speed.
+HANG_GUARD_S = 3600
+
 # A run small enough for CPU tests: 32x32 images (4x4 latents), batch 2, validation on 1 scene per domain.
 TINY_OVERRIDES = [
     "data.size=[32,32]",

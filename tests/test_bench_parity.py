@@ -20,6 +20,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_parity_table(engines: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["parity", "--engine", str(engines), "--count", "1", "--settings", "1x1",
                                     "--md", str(tmp_path / "p.md")])
@@ -30,6 +31,7 @@ def test_parity_table(engines: Path, tmp_path: Path) -> None:
         assert row in md
 
 
+@pytest.mark.slow
 def test_comparator_gates_on_the_thresholds(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = parity.compare_networks(Manifest.load(engines), default_checkpoint(), log=lambda s: None)
     assert all(r["passed"] for r in rows)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from agdepth import default_checkpoint
+from agdepth.artifacts.checkpoint import load_checkpoint
 from agdepth.bench import roofline as rl
-from agdepth.checkpoint import load_checkpoint
 from agdepth.networks import NETWORK_NAMES
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agdepth.training.depth_autoencoder import DepthAutoencoder, autoencoder_loss
-from agdepth.training.losses import feature_loss
+from agdepth.depth_autoencoder import DepthAutoencoder
+from agdepth.training.losses import autoencoder_loss, feature_loss
 
 
 def synthetic_depth(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import HANG_GUARD_S
 
 from agdepth import doctor
 
@@ -155,6 +156,8 @@ def _fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str)
     script.write_text("#!/bin/sh\n" + body + "\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # a busy machine may be slow to start even a shell script: only the hanging test's own short timeout may expire
+    monkeypatch.setattr(doctor, "NVIDIA_SMI_TIMEOUT_S", HANG_GUARD_S)
 
 
 def test_driver_version_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

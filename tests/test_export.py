@@ -33,6 +33,7 @@ def _images() -> list[np.ndarray]:
     return [render_scene(d, 1, size=(72, 100), split="test").rgb for d in ("indoor", "forest", "tabletop")]
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_files(engines: Path) -> None:
     m = Manifest.load(engines)
     assert m.precisions == ["fp32", "fp16", "fp16-trt"]  # ONNX Runtime fp32, fp16, and the graphs for TensorRT
@@ -55,6 +56,7 @@ def test_manifest_describes_the_files(engines: Path) -> None:
     assert all(d.dim_param for k, d in enumerate(g.input[0].type.tensor_type.shape.dim) if k != 1)
 
 
+@pytest.mark.slow
 def test_onnx_fp32_pipeline_equals_pytorch(engines: Path) -> None:
     images = _images()
     kw = dict(steps=2, ensemble=2, processing_res=0, seed=3)  # native size: 72x100 pads to a non-square latent
@@ -63,6 +65,7 @@ def test_onnx_fp32_pipeline_equals_pytorch(engines: Path) -> None:
     assert np.abs(out - ref).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_fp16_depth_within_half_a_percent(engines: Path) -> None:
     images = _images()
     fp32 = DepthPipeline.from_engine(engines / "unet.onnx")(images, seed=0).depth
@@ -73,6 +76,7 @@ def test_onnx_fp16_depth_within_half_a_percent(engines: Path) -> None:
     assert np.mean([backend_agreement(a, b)["abs_rel"] for a, b in zip(fp16, fp32, strict=True)]) <= 0.005
 
 
+@pytest.mark.slow
 def test_fp16_graph_keeps_timestep_embedding_and_norms_in_fp32(engines: Path) -> None:
     g = onnx.load(str(engines / "unet.fp16.onnx")).graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.value_info, *g.output)}
@@ -104,6 +108,7 @@ def test_external_data_path(tmp_path: Path) -> None:
     assert errors["depth"] < 1e-4
 
 
+@pytest.mark.slow
 def test_validation_fails_loudly_on_a_mismatch(engines: Path) -> None:
     ckpt = default_checkpoint()
     from diffusers import AutoencoderKL
@@ -117,6 +122,7 @@ def test_validation_fails_loudly_on_a_mismatch(engines: Path) -> None:
             "vae_decoder"], spec, [(1, 32, 32)], 1e-4)
 
 
+@pytest.mark.slow
 def test_shape_range_checks_before_work(engines: Path) -> None:
     pipe = DepthPipeline.from_engine(engines)
     assert pipe.backend.precision == "fp32"
@@ -131,6 +137,7 @@ def test_shape_range_checks_before_work(engines: Path) -> None:
     assert prof["encoder_hidden_states"][2] == (10, 2, 1024)
 
 
+@pytest.mark.slow
 def test_manifest_mismatch_is_a_clear_error(engines: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(engines, bad)
@@ -149,11 +156,13 @@ def test_manifest_mismatch_is_a_clear_error(engines: Path, tmp_path: Path) -> No
         DepthPipeline.from_engine(bad / "unet.onnx")
 
 
+@pytest.mark.slow
 def test_depth_export_cli_refuses_to_overwrite(engines: Path) -> None:
     res = CliRunner().invoke(export_main, ["--out", str(engines)])
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
+@pytest.mark.slow
 def test_default_batching_follows_the_exported_max_batch(engines: Path) -> None:
     # 12 images × 1 member exceed the engines' max batch of 10: batch_size=0 ("all at once") splits to fit, and the
     # result equals a run in explicit chunks
@@ -167,6 +176,7 @@ def test_default_batching_follows_the_exported_max_batch(engines: Path) -> None:
         pipe(images, ensemble=1, latents=lat, batch_size=12, processing_res=96)
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_detected_and_the_decoder_falls_back_to_fp32(engines: Path) -> None:
     from agdepth.runtime.backends import NonFiniteOutputError
     from agdepth.runtime.backends.onnx_backend import OnnxBackend

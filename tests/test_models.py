@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from agdepth.checkpoint import load_checkpoint
+from agdepth.artifacts.checkpoint import load_checkpoint
 from agdepth.models import expand_conv_in, load_sd2
 from agdepth.training.config import load_config
 from agdepth.training.trainer import TooManyCorruptSamplesError, train_stage

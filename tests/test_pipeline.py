@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agdepth.checkpoint import save_checkpoint
+from agdepth.artifacts.checkpoint import save_checkpoint
 from agdepth.ensemble import ensemble_depth
 from agdepth.models import TinyModelConfig, build_tiny_unet, build_tiny_vae, tiny_empty_text_embedding
 from agdepth.runtime import STAGES, DepthBackend, DepthPipeline, RuntimeDefaults

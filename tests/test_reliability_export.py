@@ -35,7 +35,7 @@ from PIL import Image
 
 import agdepth.export as export_mod
 from agdepth import default_checkpoint
-from agdepth.checkpoint import atomic_dir, load_checkpoint
+from agdepth.artifacts.checkpoint import atomic_dir, load_checkpoint
 from agdepth.data.procedural import render_scene
 from agdepth.export import VERIFIED, ExportOptions, Manifest, build_engines_only, export_checkpoint
 from agdepth.export.cli import main as export_main
@@ -91,6 +91,7 @@ def _one_error_line(code: int, text: str, *needles: str) -> None:
 # ------------------------------------------------------------------------------------------------ engine files
 
 
+@pytest.mark.slow
 def test_changed_byte_in_unet_onnx_is_refused_naming_the_file(eng: Path, photo: Path, tmp_path: Path) -> None:
     _flip_byte(eng / "unet.onnx")
     with pytest.raises(ValueError, match=r"unet\.onnx: contents differ from manifest\.json .*re-export"):
@@ -100,6 +101,7 @@ def test_changed_byte_in_unet_onnx_is_refused_naming_the_file(eng: Path, photo: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_second_load_uses_the_hash_cache_and_a_changed_file_is_rehashed(eng: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: list[str] = []
@@ -127,6 +129,7 @@ def test_second_load_uses_the_hash_cache_and_a_changed_file_is_rehashed(eng: Pat
     assert "unet.onnx" in hashed and json.loads((eng / VERIFIED).read_text())["files"]
 
 
+@pytest.mark.slow
 def test_a_graph_with_the_wrong_io_is_named(eng: Path) -> None:
     shutil.copy(eng / "vae_encoder.onnx", eng / "vae_decoder.onnx")
     with pytest.raises(ValueError, match=r"vae_decoder\.onnx: contents differ from manifest\.json"):
@@ -138,6 +141,7 @@ def test_a_graph_with_the_wrong_io_is_named(eng: Path) -> None:
         DepthPipeline.from_engine(eng)
 
 
+@pytest.mark.slow
 def test_truncated_unet_onnx_is_one_line(eng: Path, photo: Path, tmp_path: Path) -> None:
     data = (eng / "unet.onnx").read_bytes()
     (eng / "unet.onnx").write_bytes(data[: len(data) // 3])
@@ -151,6 +155,7 @@ def test_truncated_unet_onnx_is_one_line(eng: Path, photo: Path, tmp_path: Path)
     _one_error_line(code, text, str(eng / "unet.onnx"), "not a readable ONNX file")
 
 
+@pytest.mark.slow
 def test_tensorrt_plan_hash_is_recorded_and_checked(eng: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fake_tensorrt as fake
 
@@ -222,6 +227,7 @@ def _listing(*dirs: Path) -> list[str]:
     return sorted(p.name for d in dirs for p in d.iterdir())
 
 
+@pytest.mark.slow
 def test_symlinked_out_stays_a_link_with_the_new_contents(engines: Path, tmp_path: Path) -> None:
     real = Path(shutil.copytree(engines, tmp_path / "store" / "engines-v1"))
     link = tmp_path / "work" / "engines"
@@ -249,6 +255,7 @@ def test_new_folder_mode_follows_the_umask(tmp_path: Path) -> None:
     assert _listing(tmp_path) == ["a"] and (tmp_path / "a" / "f").read_text() == "y"
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_foreign_files_and_force_replaces(engines: Path, tmp_path: Path) -> None:
     out = Path(shutil.copytree(engines, tmp_path / "engines"))
     # an export's own extras are not foreign: the hash cache, engines and timing caches of any TensorRT version
@@ -267,6 +274,7 @@ def test_overwrite_refuses_foreign_files_and_force_replaces(engines: Path, tmp_p
     assert not (out / "notes.txt").exists() and Manifest.load(out).shapes.max_resolution == 32
 
 
+@pytest.mark.slow
 def test_no_leftovers_after_a_failed_export(engines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agdepth.export import onnx_export
 

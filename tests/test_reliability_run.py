@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import HANG_GUARD_S
 from PIL import Image
 
 from agdepth import default_checkpoint
@@ -109,6 +110,7 @@ def test_options_are_checked_before_the_model_loads(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("res", ["100000", "3"])
+@pytest.mark.slow
 def test_processing_res_outside_the_exported_range_is_refused_before_any_image(
         engines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, res: str) -> None:
     _scenes(tmp_path / "in", 2)
@@ -210,23 +212,25 @@ def test_a_full_disk_is_named_and_the_same_command_finishes(tmp_path: Path, monk
             np.testing.assert_allclose(np.load(tmp_path / "o" / k), np.load(tmp_path / "whole" / k), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     _scenes(tmp_path / "in", 30)
     cmd = [sys.executable, "-m", "agdepth.runtime.cli", str(tmp_path / "in"), "--formats", "npy,png16",
            "--steps", "3", "--ensemble", "3", "--batch-size", "3"]
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the run ends the wait itself, slow or not
     while len(list((tmp_path / "o").glob("*.npy"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=120)[0]
+    text = proc.communicate(timeout=HANG_GUARD_S)[0]
     written = len(list((tmp_path / "o").glob("*.npy")))
     assert proc.returncode == 130 and "run the same command again" in text and "Traceback" not in text, text
     assert 3 <= written < 30 and not list((tmp_path / "o").glob(".*.tmp"))
-    rerun = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert rerun.returncode == 0 and f"{written} done earlier, skipped" in rerun.stdout, rerun.stdout + rerun.stderr
-    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
+                           timeout=HANG_GUARD_S)
     assert whole.returncode == 0
     names = sorted(p.name for p in (tmp_path / "whole").glob("*_depth.*"))
     assert len(names) == 60 and names == sorted(p.name for p in (tmp_path / "o").glob("*_depth.*"))

@@ -134,6 +134,7 @@ def test_empty_input_and_uncertainty(tmp_path: Path, photos: Path) -> None:
     assert unc.shape == (60, 80) and unc.max() > 0
 
 
+@pytest.mark.slow
 def test_onnx_engine_and_out_of_range(photos: Path, tmp_path: Path) -> None:
     eng = tmp_path / "eng"
     export_checkpoint(default_checkpoint(), eng, ExportOptions(max_resolution=96), progress=lambda s: None)

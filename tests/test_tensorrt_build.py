@@ -67,6 +67,7 @@ def test_profiles_from_the_shared_descriptions() -> None:
     assert p["vae_decoder"]["latent"][2] == (10, 4, 128, 128)
 
 
+@pytest.mark.slow
 def test_export_says_in_one_line_why_no_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _stubs_on_path(tmp_path, monkeypatch)
     res = CliRunner().invoke(export_main, ["--out", str(tmp_path / "e"), "--fp16", "--max-resolution", "64"])

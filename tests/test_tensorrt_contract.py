@@ -60,6 +60,7 @@ def _images() -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------------------ build
 
 
+@pytest.mark.slow
 def test_build_follows_the_contract(exports: dict[str, Path], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
@@ -86,6 +87,7 @@ def test_build_follows_the_contract(exports: dict[str, Path], tmp_path: Path,
     assert sum("memory estimate at the largest shape" in line for line in log) == 4
 
 
+@pytest.mark.slow
 def test_unet_estimate_counts_the_unfused_attention_scores(exports: dict[str, Path]) -> None:
     from agdepth.export.memory import estimate_engine_memory
 
@@ -101,6 +103,7 @@ def test_unet_estimate_counts_the_unfused_attention_scores(exports: dict[str, Pa
     assert est.attention_scores_bytes == batch * heads * q * k * 2 and est.attention_dtype == "float16"
 
 
+@pytest.mark.slow
 def test_tensorrt_graphs_keep_attention_in_one_precision(exports: dict[str, Path]) -> None:
     import onnx
 
@@ -126,6 +129,7 @@ def test_tensorrt_graphs_keep_attention_in_one_precision(exports: dict[str, Path
     assert "Softmax" not in m.network("unet", TENSORRT_PRECISION)["fp32_ops"]
 
 
+@pytest.mark.slow
 def test_tensorrt_11_build_without_the_deprecated_flag(exports: dict[str, Path], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     with warnings.catch_warnings():
@@ -135,6 +139,7 @@ def test_tensorrt_11_build_without_the_deprecated_flag(exports: dict[str, Path],
     assert m.data["tensorrt"]["files"]["unet"] == "unet.trt11.4.0.106.nvidia-geforce-rtx-3090.plan"
 
 
+@pytest.mark.slow
 def test_a_foreign_timing_cache_is_never_loaded(exports: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _built(exports, "dynamic", tmp_path, monkeypatch, version="10.13.0.35")
@@ -162,6 +167,7 @@ def test_availability_needs_tensorrt_10_1(monkeypatch: pytest.MonkeyPatch) -> No
     assert not status.available and "10.0.1.6 is too old" in status.reason and ">= 10.1" in status.reason
 
 
+@pytest.mark.slow
 def test_engines_of_another_tensorrt_say_rebuild(exports: dict[str, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "dynamic", tmp_path, monkeypatch, version="10.13.0.35")
@@ -184,6 +190,7 @@ def _pipelines(m: Manifest) -> tuple[DepthPipeline, DepthPipeline]:
     return trt, ort
 
 
+@pytest.mark.slow
 def test_backend_returns_what_the_engines_compute(exports: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "dynamic", tmp_path, monkeypatch)
@@ -196,6 +203,7 @@ def test_backend_returns_what_the_engines_compute(exports: dict[str, Path], tmp_
     assert trt.backend.fallbacks == 0
 
 
+@pytest.mark.slow
 def test_fp16_decoder_overflow_falls_back_by_default(exports: dict[str, Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "dynamic", tmp_path, monkeypatch)
@@ -214,6 +222,7 @@ def test_fp16_decoder_overflow_falls_back_by_default(exports: dict[str, Path], t
         trt(images, seed=0)
 
 
+@pytest.mark.slow
 def test_static_engines_run_the_pipelines_real_calls(exports: dict[str, Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "static", tmp_path, monkeypatch)
@@ -229,6 +238,7 @@ def test_static_engines_run_the_pipelines_real_calls(exports: dict[str, Path], t
         trt(one, processing_res=32)
 
 
+@pytest.mark.slow
 def test_graphed_unet_checks_every_call(exports: dict[str, Path], tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "static", tmp_path, monkeypatch)
@@ -247,6 +257,7 @@ def test_graphed_unet_checks_every_call(exports: dict[str, Path], tmp_path: Path
     np.testing.assert_allclose(row.numpy(), ort.backend.denoise(*(a[1:] for a in args)).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_graphed_unet_checks_for_nan(exports: dict[str, Path], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "static", tmp_path, monkeypatch)
@@ -262,6 +273,7 @@ def test_graphed_unet_checks_for_nan(exports: dict[str, Path], tmp_path: Path,
 # ------------------------------------------------------------------------------------------------ parity
 
 
+@pytest.mark.slow
 def test_network_parity_on_static_engines(exports: dict[str, Path], tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from agdepth.bench.parity import compare_networks
@@ -273,6 +285,7 @@ def test_network_parity_on_static_engines(exports: dict[str, Path], tmp_path: Pa
     assert all(r["passed"] for r in rows), rows
 
 
+@pytest.mark.slow
 def test_end_to_end_parity_feeds_every_backend_the_same_cpu_latents(exports: dict[str, Path], tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from agdepth.bench.parity import compare_end_to_end
@@ -302,6 +315,7 @@ def test_end_to_end_parity_feeds_every_backend_the_same_cpu_latents(exports: dic
 # ------------------------------------------------------------------------------------------------ the fake itself
 
 
+@pytest.mark.slow
 def test_the_fake_enforces_the_preconditions(exports: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # the contract tests above prove something only if the fake refuses what TensorRT refuses

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import HANG_GUARD_S, TINY_OVERRIDES
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
@@ -104,6 +104,7 @@ POOL = ["data.cache=true", "data.sources.0.length=4", "data.sources.1.length=4",
 
 
 @pytest.mark.parametrize("extra", [[], POOL], ids=["fresh-scenes", "cached-pool"])
+@pytest.mark.slow
 def test_resume_is_bit_exact(pretrained_run: Path, tmp_path: Path, extra: list[str]) -> None:
     runs = {}
     for name in ("straight", "resumed"):
@@ -156,6 +157,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path: Path, monkeypatch: p
     assert (tmp_path / "depth_autoencoder" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_reads_disjoint_samples_and_ends_identical(tmp_path: Path) -> None:
     """torchrun, 2 CPU processes on gloo: each rank reads its own samples, gradients are averaged."""
     import os
@@ -169,7 +171,7 @@ def test_two_process_ddp_reads_disjoint_samples_and_ends_identical(tmp_path: Pat
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {}
     for r in (0, 1):

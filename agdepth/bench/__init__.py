@@ -1,1 +1,2 @@
-"""Benchmarks that ship with the package (``depth-bench``): backend parity now; latency and the frontier to come."""
+"""Benchmarks that ship with the package (``depth-bench``): backend parity, latency, the accuracy/latency frontier,
+the roofline and ensembling."""

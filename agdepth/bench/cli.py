@@ -2,15 +2,22 @@
 test-time ensembling against diffusers. Every suite writes JSON + markdown (+ PNG) with the command and machine.
 
     depth-bench latency --json latency.json --md latency.md
-    depth-bench all --quick --out /tmp/bench      # every suite, a few iterations, relations checked
+    depth-bench all --quick --out /tmp/bench      # every suite, a few iterations, correctness checked
+
+``--quick`` exits 1 only on what holds on any machine: every suite ran, its report is well-formed, network calls
+counted per setting, FLOPs counted, agdepth's ensembling objective not above diffusers'. Wall-time relations (1 step
+faster than 10, batched members faster per member, 1x1 faster than 4x2) are measured and reported with holds / does
+not hold, never a failure: they are benchmark results, and a busy machine can invert them.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import shlex
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,7 +90,9 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None)(f)
     f = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)(f)
-    f = click.option("--quick", is_flag=True, help="A few iterations on the tiny model, relations checked (CI).")(f)
+    f = click.option("--quick", is_flag=True,
+                     help="A few iterations on the tiny model (CI): exit 1 only if a check that holds on any machine "
+                          "fails; wall-time relations are reported, never a failure.")(f)
     return f
 
 
@@ -91,16 +100,45 @@ def _engines_dir(engine: Path | None) -> Path | None:
     return None if engine is None else (engine if engine.is_dir() else engine.parent)
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _gate_failures(report: dict[str, Any]) -> list[str]:
+    """The report's relations that decide the exit status (``gate``) and do not hold."""
+    return [r["relation"] for r in report.get("relations", []) if r["gate"] and not r["holds"]]
+
+
+def _with_relations(body: str, report: dict[str, Any]) -> str:
+    from agdepth.bench.latency import relations_markdown
+
+    if not report.get("relations"):
+        return body
+    return (body.rstrip() + "\n\nChecks and relations (wall-time ones are reported, never a failure):\n\n"
+            + relations_markdown(report["relations"]) + "\n")
+
+
+def _report_timing(failed_timing: list[str]) -> None:
+    if failed_timing:
+        click.echo("note: wall-time relation(s) did not hold on this run (reported, not a failure: a busy machine "
+                   "inverts them): " + "; ".join(failed_timing), err=True)
+
+
+def _timing_misses(report: dict[str, Any]) -> list[str]:
+    return [r["relation"] for r in report.get("relations", []) if not r["gate"] and not r["holds"]]
+
+
 def _finish(title: str, report: dict[str, Any], body: str, json_path: Path | None, md_path: Path | None,
             failed: list[str]) -> None:
     from agdepth.bench.report import markdown_document, stamp_end, write_report
 
     stamp_end(report)
-    text = markdown_document(title, report, body)
+    text = markdown_document(title, report, _with_relations(body, report))
     click.echo(text)
     write_report(report, text, json_path, md_path)
+    _report_timing(_timing_misses(report))
     if failed:
-        click.echo("error: relation(s) that must hold on any machine failed: " + "; ".join(failed), err=True)
+        click.echo("error: check(s) that hold on any machine failed: " + "; ".join(failed), err=True)
         sys.exit(1)
 
 
@@ -111,7 +149,8 @@ def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: 
                   backends: str, resolution: int | None, steps: int | None, ensemble: int | None,
                   spacing: str | None, batch_size: int, warmup: int, repeats: int, compile_mode: str | None,
                   quick: bool, work_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Run the latency suite; returns the report and the relations that failed (quick mode)."""
+    """Run the latency suite; returns the report and the checks that failed (quick mode; wall-time relations are
+    reported in the report, never returned as failed)."""
     from agdepth.bench.latency import LatencySettings, checkpoint_defaults, choose_backends, relations, run_latency
     from agdepth.bench.report import report_meta
 
@@ -132,12 +171,28 @@ def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: 
     choices = choose_backends(names, checkpoint, _engines_dir(engine), random_weights, device, compile_mode, res,
                               max(s.ensemble * batch_size, 10), work_dir, click.echo)
     report.update(run_latency(choices, s, click.echo))
-    failed: list[str] = []
-    if quick:
-        base = next(c.pipeline for c in choices if c.pipeline is not None)
-        report["relations"] = relations(base, res)
-        failed = [r["relation"] for r in report["relations"] if not r["holds"]]
-    return report, failed
+    if not quick:
+        return report, []
+    base = next(c.pipeline for c in choices if c.pipeline is not None)
+    report["relations"] = [*_latency_checks(report, names), *relations(base, res)]
+    return report, _gate_failures(report)
+
+
+def _latency_checks(report: dict[str, Any], requested: list[str]) -> list[dict[str, Any]]:
+    """The latency report's shape: each requested backend ran or says why not; times finite, totals positive."""
+    from agdepth.bench.latency import relation
+
+    rows = report["backends"]
+    ran = [r for r in rows if "stages" in r]
+    times = [v for r in ran for stage in r["stages"].values() for v in stage.values()]
+    return [
+        relation("every requested backend ran or was skipped with the reason",
+                 [r["backend"] for r in rows] == requested and all("stages" in r or r.get("skipped") for r in rows),
+                 "report"),
+        relation("stage times finite and >= 0, total p50 > 0, network calls counted",
+                 bool(ran) and _finite(*times) and min(times) >= 0 and all(
+                     r["stages"]["total"]["p50"] > 0 and r["network_calls_per_run"] >= 3 for r in ran), "report"),
+    ]
 
 
 @main.command()
@@ -209,15 +264,26 @@ def frontier_suite(engine: Path | None, checkpoint: Path | None, device: str, st
         png.parent.mkdir(parents=True, exist_ok=True)
         plot_frontier(report, png)
         report["plot"] = png.name
-    failed: list[str] = []
-    if quick:  # 1x1 against 4x2: 8x the U-Net calls, so the order holds on any machine
-        rows = {r["setting"]: r for r in report["rows"]}
-        cheap, dear = rows["1x1 trailing"], rows["4x2 trailing"]
-        holds = cheap["latency_s"] < dear["latency_s"]
-        report["relations"] = [{"relation": "1x1 faster than 4x2 (8x the U-Net calls)", "holds": holds,
-                                "values": [cheap["latency_s"], dear["latency_s"]]}]
-        failed = [] if holds else [report["relations"][0]["relation"]]
-    return report, failed
+    if not quick:
+        return report, []
+    from agdepth.bench.latency import WALL_TIME, relation
+
+    rows = report["rows"]
+    by = {r["setting"]: r for r in rows}
+    checks = [
+        relation("every setting scored: finite mean AbsRel and delta1, latency > 0",
+                 bool(rows) and all(_finite(r["mean"]["abs_rel"], r["mean"]["delta1"], r["latency_s"])
+                                    and r["latency_s"] > 0 for r in rows), "report"),
+        relation("the Pareto front is not empty", bool(report["front"]), "report"),
+    ]
+    if png is not None:
+        checks.append(relation("the plot was written", png.is_file() and png.stat().st_size > 0, "report"))
+    # 1x1 against 4x2 (8x the U-Net calls): usually faster by far, but a wall-time order, so reported only
+    cheap, dear = by["1x1 trailing"], by["4x2 trailing"]
+    checks.append(relation("1x1 faster than 4x2 (8x the U-Net calls)", cheap["latency_s"] < dear["latency_s"],
+                           WALL_TIME, [cheap["latency_s"], dear["latency_s"]], "s"))
+    report["relations"] = checks
+    return report, _gate_failures(report)
 
 
 @main.command()
@@ -254,9 +320,9 @@ def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: 
                    batch: int, steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool
                    ) -> tuple[dict[str, Any], list[str]]:
     from agdepth import default_checkpoint
+    from agdepth.artifacts.checkpoint import load_checkpoint
     from agdepth.bench.report import report_meta
     from agdepth.bench.roofline import roofline
-    from agdepth.checkpoint import load_checkpoint
     from agdepth.runtime.backends import RuntimeDefaults
 
     if quick:
@@ -274,8 +340,19 @@ def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: 
     report["model"] = "SD2 architecture, random weights" if random_weights else str(checkpoint or "bundled tiny")
     report.update(roofline(models, resolution or d.processing_resolution or 768, batch, steps or d.steps,
                            ensemble or d.ensemble_size, device, repeats, peak_n))
-    failed = [f"{n}: no FLOPs counted" for n, r in report["networks"].items() if not r["flops_per_call"] > 0]
-    return report, failed
+    from agdepth.bench.latency import relation
+
+    nets = report["networks"]
+    timed = relation("seconds per call finite and > 0", all(_finite(r["seconds_per_call"]) and r["seconds_per_call"] > 0
+                                                           for r in nets.values()), "report")
+    report["relations"] = [
+        relation("every network has FLOPs counted (> 0)", all(r["flops_per_call"] > 0 for r in nets.values()),
+                 "FLOP count", [r["flops_per_call"] for r in nets.values()], "FLOPs"),
+        timed,
+    ]
+    # FLOPs are counted, not timed: checked with or without --quick, as before
+    failed = [f"{n}: no FLOPs counted" for n, r in nets.items() if not r["flops_per_call"] > 0]
+    return report, failed + ([timed["relation"]] if quick and not timed["holds"] else [])
 
 
 @main.command("roofline")
@@ -315,9 +392,16 @@ def ensemble_suite(sizes: str, members: int, repeats: int, threads: int, quick: 
     members, repeats = (5, 1) if quick else (members, repeats)
     report = report_meta(packages=("torch", "diffusers", "scipy", "numpy"))
     report.update(run_ensembling(size_list, members, repeats, threads, progress=click.echo))
-    checks = relations(report)
-    report["relations"] = [{"relation": name, "holds": ok} for name, ok in checks]
-    return report, [name for name, ok in checks if not ok] if quick else []
+    from agdepth.bench.latency import relation
+
+    rows = [r["agdepth"] for r in report["results"]] + [x for r in report["results"] for x in r["runs"].values()]
+    report["relations"] = [
+        relation("every solver timed and scored: finite times and objectives",
+                 bool(rows) and all(_finite(x["time_s_median"], x["objective_unit"]) for x in rows), "report"),
+        # the speed ratio is in the report and its target line: a wall-time result, not a check
+        *(relation(name, ok, "objective") for name, ok in relations(report)),
+    ]
+    return report, _gate_failures(report) if quick else []
 
 
 @main.command("ensemble")
@@ -342,15 +426,23 @@ def ensemble_cmd(sizes: str, members: int, repeats: int, threads: int, quick: bo
 @main.command("all")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for bench_<suite>.json/.md (+ bench_frontier.png).")
-@click.option("--quick", is_flag=True, help="A few iterations of every suite on the tiny model, relations checked.")
+@click.option("--quick", is_flag=True,
+              help="A few iterations of every suite on the tiny model; exit 1 only if a check that holds on any "
+                   "machine fails (wall-time relations are reported, never a failure).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench"),
               show_default=True, help="Where the latency suite exports the ONNX graphs (reused).")
 def all_suites(out: Path, quick: bool, work_dir: Path) -> None:
-    """Every suite with its defaults (or --quick), one report per suite in OUT; fails if a relation does not hold."""
+    """Every suite with its defaults (or --quick), one report per suite in OUT.
+
+    Exit 1 if a suite raised (the others still run; its report names the error), if a network has no FLOPs counted,
+    or, with --quick, if another check that holds on any machine failed: a malformed report, wrong U-Net call counts,
+    agdepth's ensembling objective above diffusers'. Wall-time relations (fewer steps faster, batched members
+    faster, 1x1 faster than 4x2) are measured and reported as holding or not in each suite's JSON/markdown, never a
+    failure."""
     from agdepth.bench.ensembling import markdown as ensemble_md
     from agdepth.bench.frontier import markdown as frontier_md
     from agdepth.bench.latency import markdown as latency_md
-    from agdepth.bench.report import markdown_document, stamp_end, write_report
+    from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
     from agdepth.bench.roofline import markdown as roofline_md
 
     png = out / "bench_frontier.png"
@@ -367,17 +459,27 @@ def all_suites(out: Path, quick: bool, work_dir: Path) -> None:
               "roofline": ("Roofline", roofline_md),
               "ensemble": ("Test-time ensembling: agdepth against diffusers", ensemble_md)}
     failed: list[str] = []
+    timing: list[str] = []
     for name, run in runs.items():
         click.echo(f"== {name}")
-        report, bad = run()
         title, body = bodies[name]
+        try:
+            report, bad = run()
+            text = body(report)
+        except Exception as e:  # a suite that raises fails the run, after the others have run
+            report, bad = report_meta(), [f"raised {type(e).__name__}: {e}"]
+            report["error"] = bad[0]
+            text = f"**The suite did not run to the end**: {bad[0]}\n"
+            click.echo(traceback.format_exc().rstrip() + f"\nerror: {name}: {bad[0]}", err=True)
         stamp_end(report)
-        write_report(report, markdown_document(title, report, body(report)), out / f"bench_{name}.json",
-                     out / f"bench_{name}.md")
+        write_report(report, markdown_document(title, report, _with_relations(text, report)),
+                     out / f"bench_{name}.json", out / f"bench_{name}.md")
         failed += [f"{name}: {b}" for b in bad]
+        timing += [f"{name}: {t}" for t in _timing_misses(report)]
     click.echo(f"wrote {', '.join(f'bench_{n}' for n in runs)} (.json/.md) and {png.name} to {out}")
+    _report_timing(timing)
     if failed:
-        click.echo("error: relation(s) that must hold on any machine failed: " + "; ".join(failed), err=True)
+        click.echo("error: check(s) that hold on any machine failed: " + "; ".join(failed), err=True)
         sys.exit(1)
 
 

@@ -6,8 +6,8 @@ clipped to [0, 1] like Marigold's decoder. Both implementations run in one proce
 identical members (median reduction, lambda 0.02, max_res 1024). diffusers runs twice: with its defaults
 (max_iter=2, tol=1e-3: what the pipeline uses) and with agdepth's (max_iter=50, tol=1e-6). Times are wall-clock
 medians over repeats; the speed ratio is diffusers / agdepth. Both run at the same torch intra-op thread count
-(default 1: on a CPU shared with other work, OpenMP spin-waits made 2-thread runs of either implementation up to
-100x slower and erratic).
+(default 1: on a CPU shared with other work, OpenMP spin-waits can make multi-threaded runs of either
+implementation erratic and much slower).
 
 Objectives (``ensemble_objective``, float64, on the members the solvers saw): "unit" evaluates each solution in the
 unit-range gauge that agdepth returns (same ensembled output; see agdepth/ensemble.py for why this gauge), "raw"
@@ -35,7 +35,8 @@ DIFFUSERS_SETTINGS: dict[str, dict[str, Any]] = {
     "diffusers max_iter=50 tol=1e-6": {"max_iter": 50, "tol": 1e-6},
 }
 DEFAULTS = "diffusers defaults"
-# the issue's target: ensembling >= 10x faster than diffusers' (defaults) at an equal or lower objective
+# the reported criterion: agdepth's ensembling at least this many times faster than diffusers' (defaults), at an
+# equal or lower objective
 TARGET_SPEEDUP = 10.0
 PAPER_SETTING = (768, 10)  # (side, members) of the paper's measurement
 
@@ -131,7 +132,7 @@ def bench_size(size: int, members: int, repeats: int, progress: Callable[[str], 
 
 
 def _targets(results: list[dict]) -> dict[str, Any]:
-    """The issue's target, judged on the paper's setting when it was run, else on the largest size."""
+    """The speed/objective criterion, judged on the paper's setting when it was run, else on the largest size."""
     paper = [r for r in results if (r["size"][0], r["members"]) == PAPER_SETTING]
     r = paper[0] if paper else max(results, key=lambda x: x["size"][0] * x["size"][1])
     ours, theirs = r["agdepth"]["objective_unit"], r["runs"][DEFAULTS]["objective_unit"]

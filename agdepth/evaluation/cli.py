@@ -35,7 +35,7 @@ ALIGNMENTS = {"depth": "least_squares", "disparity": "least_squares_disparity"}
 
 
 class _RunByDefault(click.Group):
-    """``depth-eval --dataset ...`` means ``depth-eval run --dataset ...`` (the issue's and README's spelling)."""
+    """``depth-eval --dataset ...`` means ``depth-eval run --dataset ...`` (the short form the docs use)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):

@@ -1,4 +1,4 @@
-"""Inference runtime: the DDIM depth pipeline over interchangeable backends (PyTorch now; ONNX Runtime, TensorRT)."""
+"""Inference runtime: the DDIM depth pipeline over interchangeable backends (PyTorch, ONNX Runtime, TensorRT)."""
 
 from agdepth.runtime.backends import DepthBackend, RuntimeDefaults
 from agdepth.runtime.pipeline import STAGES, DepthOutput, DepthPipeline

@@ -111,6 +111,9 @@ def main(inputs: tuple[str, ...], engine: Path | None, out: Path, device: str, s
         raise click.UsageError(str(e)) from None
     if uncertainty and ens < 2:
         raise click.UsageError(f"--uncertainty needs --ensemble > 1 (the model's default is {ens})")
+    d = pipe.backend.defaults
+    if (steps is None and "steps" in d.assumed) or (processing_res is None and "processing_resolution" in d.assumed):
+        click.echo(f"note: {d.describe_assumed()} (--steps, --processing-res)", err=True)
     settings = {"model": str(engine.resolve()) if engine else "bundled", "steps": steps_, "ensemble": ens,
                 "timestep_spacing": spacing, "processing_res": res, "seed": seed}
     try:

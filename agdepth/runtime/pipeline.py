@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import ImageInput, as_image_list, image_size, preprocess, processed_size, resize, unpad
 
 if TYPE_CHECKING:
-    from agdepth.export import Manifest
+    from agdepth.artifacts.manifest import Manifest
 
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
@@ -114,7 +115,7 @@ class DepthPipeline:
             raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .plan or a directory)")
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
-        from agdepth.export import Manifest
+        from agdepth.artifacts.manifest import Manifest
 
         manifest = Manifest.load(path.parent)
         _, precision = manifest.precision_of(path)
@@ -240,6 +241,10 @@ class DepthPipeline:
         """
         t_start = time.perf_counter()
         be = self.backend
+        used = {"steps": steps is None, "processing_resolution": processing_res is None}
+        if any(used[a] for a in be.defaults.assumed) and not getattr(self, "_warned_assumed", False):
+            warnings.warn(be.defaults.describe_assumed() + " (steps=, processing_res=)", UserWarning, stacklevel=2)
+            self._warned_assumed = True  # once per pipeline
         steps, ens, res, spacing = self.check_settings(steps, ensemble, processing_res, timestep_spacing)
         canvas = be.static_size
         if batch_size < 0:

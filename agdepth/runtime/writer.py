@@ -1,7 +1,7 @@
 """Writing outputs on a worker thread, so encoding one chunk's files overlaps the next chunk's inference.
 
-PNG encoding (zlib) and file writes release the GIL, so one worker overlaps them with the networks. On a GPU the
-16-bit PNG of a 768 px map took longer than the three networks (benchmarks/results/bench_latency_sd2_h200.md).
+PNG encoding (zlib) and file writes release the GIL, so one worker overlaps them with the networks; on a GPU,
+writing a large 16-bit PNG can take as long as the networks themselves.
 """
 
 from __future__ import annotations

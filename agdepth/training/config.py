@@ -39,10 +39,10 @@ class StageConfig:
     size: tuple[int, int] | None = None  # training crop/render size; None: data.size
     kl_weight: float = 1e-6  # vae stage: KL term of the AutoencoderKL
     # vae stage: decode a posterior sample (SD's VAE training) or its mean. Marigold only ever uses the mean; a short
-    # from-scratch run that samples keeps the posterior noisy and leaves channels unused (tiny_recipe.md).
+    # from-scratch run that samples keeps the posterior noisy and can leave latent channels unused.
     sample_posterior: bool = True
     # vae stage: export scaling_factor = 1 / std of the latents of the last training batches (SD's rule), instead of
-    # SD's 0.18215. Off by default so the tiny recipe reproduces the bundled model; measured in tiny_recipe.md.
+    # SD's 0.18215. Off by default, as the bundled model was trained.
     calibrate_scaling_factor: bool = False
     losses: LossWeights = field(default_factory=LossWeights)  # unet stage: eq. 8 terms, 0 switches a term off
     val_steps: int = 1  # unet stage: DDIM steps (trailing) of the validation prediction

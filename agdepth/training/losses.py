@@ -23,7 +23,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = [
+
+def autoencoder_loss(recon: Tensor, target: Tensor, mask: Tensor | None = None, gradient_weight: float = 1.0) -> Tensor:
+    """Pretraining loss of the depth autoencoder: masked L1 + ``gradient_weight`` x gradient-matching (eq. 5).
+
+    The gradient term keeps depth edges sharp, which is what the paper wants the AE features to capture.
+    ``gradient_weight=0`` gives plain L1 (the gradient term is then not computed).
+    """
+    loss = masked_l1_loss(recon, target, mask)
+    if gradient_weight != 0.0:
+        loss = loss + gradient_weight * gradient_matching_loss(recon, target, mask)
+    return loss
+
+
+__all__ = ["autoencoder_loss",
     "LossWeights",
     "berhu_loss",
     "combine_losses",

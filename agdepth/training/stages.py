@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agdepth.checkpoint import atomic_dir, marigold_schedule, save_checkpoint
+from agdepth.artifacts.checkpoint import atomic_dir, marigold_schedule, save_checkpoint
+from agdepth.depth_autoencoder import DepthAutoencoder
 from agdepth.depth_norm import latent_valid_mask, mean_of_channels, normalize_depth, stack_to_rgb
 from agdepth.metrics import evaluate
 from agdepth.models import (
@@ -33,8 +34,14 @@ from agdepth.models import (
 )
 from agdepth.training.augment import random_zoom_crop
 from agdepth.training.config import StageConfig, TrainConfig
-from agdepth.training.depth_autoencoder import DepthAutoencoder, autoencoder_loss
-from agdepth.training.losses import berhu_loss, combine_losses, feature_loss, gradient_matching_loss, v_loss
+from agdepth.training.losses import (
+    autoencoder_loss,
+    berhu_loss,
+    combine_losses,
+    feature_loss,
+    gradient_matching_loss,
+    v_loss,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from agdepth.checkpoint import atomic_dir
+from agdepth.artifacts.checkpoint import atomic_dir
 from agdepth.data.base import SkipCorrupt, collate_skip_corrupt
 from agdepth.data.mixing import MixedBatchSampler
 from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, ProceduralDataset

@@ -7,60 +7,12 @@ Tensors cross the interface as torch tensors on :attr:`DepthBackend.device` in :
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from agdepth.schedule import TIMESTEP_SPACINGS, NoiseSchedule
-
-# Marigold's own fallbacks (diffusers' MarigoldDepthPipeline / the v1-0 checkpoints) for directories whose
-# model_index.json does not say.
-FALLBACK_STEPS = 50
-FALLBACK_PROCESSING_RESOLUTION = 768
-FALLBACK_ENSEMBLE_SIZE = 1
-FALLBACK_TIMESTEP_SPACING = "leading"
-
-
-@dataclass(frozen=True)
-class RuntimeDefaults:
-    """Inference settings a checkpoint recommends; the pipeline uses them for every argument left as None."""
-
-    steps: int = FALLBACK_STEPS
-    processing_resolution: int = FALLBACK_PROCESSING_RESOLUTION  # longer edge; 0 = native resolution
-    ensemble_size: int = FALLBACK_ENSEMBLE_SIZE
-    timestep_spacing: str = FALLBACK_TIMESTEP_SPACING
-
-    def __post_init__(self) -> None:
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
-
-    @classmethod
-    def from_model_index(
-        cls, model_index: dict[str, Any] | None, scheduler_config: dict[str, Any] | None = None
-    ) -> RuntimeDefaults:
-        """Read ``model_index.json`` (agdepth or official Marigold); missing or null values fall back.
-
-        The spacing comes from ``model_index["agdepth"]``, else from the scheduler config (what diffusers'
-        pipeline would use for an official Marigold directory), else "leading".
-        """
-        index = model_index or {}
-        extra = index.get("agdepth") or {}
-        sched = scheduler_config or {}
-
-        def pick(*values: Any) -> Any:
-            return next(v for v in values if v is not None)  # 0 is a valid resolution, so no `or`
-
-        return cls(
-            steps=int(pick(index.get("default_denoising_steps"), FALLBACK_STEPS)),
-            processing_resolution=int(
-                pick(index.get("default_processing_resolution"), FALLBACK_PROCESSING_RESOLUTION)
-            ),
-            ensemble_size=int(pick(extra.get("ensemble_size"), FALLBACK_ENSEMBLE_SIZE)),
-            timestep_spacing=str(
-                pick(extra.get("timestep_spacing"), sched.get("timestep_spacing"), FALLBACK_TIMESTEP_SPACING)
-            ),
-        )
+from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.schedule import NoiseSchedule
 
 
 @runtime_checkable

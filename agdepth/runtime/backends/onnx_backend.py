@@ -2,8 +2,8 @@
 
 The CUDA execution provider is used when onnxruntime-gpu provides it, else the CPU provider. Inputs outside the
 manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`). Each graph is checked before
-use: its sha256 against the manifest's (:meth:`agdepth.export.Manifest.verify`), then its session's input and output
-names and ranks against the network's description; a damaged file is one ValueError naming it.
+use: its sha256 against the manifest's (:meth:`agdepth.artifacts.manifest.Manifest.verify`), then its session's
+input and output names and ranks against the network's description; a damaged file is one ValueError naming it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agdepth.export import Manifest
-from agdepth.export.onnx_export import check_session_io, onnx_session
+from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.artifacts.manifest import Manifest
+from agdepth.artifacts.sessions import check_session_io, onnx_session
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
-from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
 from agdepth.schedule import NoiseSchedule
 
 

@@ -2,7 +2,7 @@
 
 - Each engine is deserialised once, after the manifest's TensorRT version and GPU were checked against this machine
   (engines are not portable: a mismatch is a clear error, not a crash) and the plan file's sha256 against the
-  manifest's (:meth:`agdepth.export.Manifest.verify`).
+  manifest's (:meth:`agdepth.artifacts.manifest.Manifest.verify`).
 - One device-memory block, sized for the largest engine, is shared by the three execution contexts: they never run
   at the same time (one stream, one call after the other).
 - I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from agdepth.export import Manifest
-from agdepth.export.tensorrt_build import FALLBACK_DECODER, TensorRTStatus, tensorrt_status
+from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.artifacts.manifest import Manifest
+from agdepth.artifacts.tensorrt import FALLBACK_DECODER, TensorRTStatus, tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
-from agdepth.runtime.backends import BackendBase, NonFiniteOutputError, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
 from agdepth.schedule import NoiseSchedule
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from agdepth.checkpoint import load_checkpoint, marigold_schedule
+from agdepth.artifacts.checkpoint import checkpoint_schedule, load_checkpoint
+from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.networks import torch_modules, vae_scale_factor
-from agdepth.runtime.backends import BackendBase, DepthBackend, RuntimeDefaults
+from agdepth.runtime.backends import BackendBase, DepthBackend
 from agdepth.schedule import NoiseSchedule
 
 
@@ -52,7 +53,7 @@ class TorchBackend(BackendBase, DepthBackend):
         models = load_checkpoint(path, torch_dtype=dtype)
         index = models.extra.get("model_index") or {}
         sched_cfg = models.extra.get("scheduler_config")
-        schedule = NoiseSchedule.from_config(sched_cfg) if sched_cfg else marigold_schedule("leading")
+        schedule = checkpoint_schedule(sched_cfg)
         defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
         return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype)
 

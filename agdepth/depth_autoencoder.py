@@ -30,9 +30,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from agdepth.training.losses import gradient_matching_loss, masked_l1_loss
-
-__all__ = ["DepthAutoencoder", "autoencoder_loss"]
+__all__ = ["DepthAutoencoder"]
 
 
 class _ConvBlock(nn.Sequential):
@@ -151,15 +149,3 @@ class DepthAutoencoder(ModelMixin, ConfigMixin):
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of ``x``, same shape, values in [-1, 1]."""
         return self.decode(self.encode_features(x))
-
-
-def autoencoder_loss(recon: Tensor, target: Tensor, mask: Tensor | None = None, gradient_weight: float = 1.0) -> Tensor:
-    """Pretraining loss of the depth autoencoder: masked L1 + ``gradient_weight`` x gradient-matching (eq. 5).
-
-    The gradient term keeps depth edges sharp, which is what the paper wants the AE features to capture.
-    ``gradient_weight=0`` gives plain L1 (the gradient term is then not computed).
-    """
-    loss = masked_l1_loss(recon, target, mask)
-    if gradient_weight != 0.0:
-        loss = loss + gradient_weight * gradient_matching_loss(recon, target, mask)
-    return loss

@@ -4,7 +4,7 @@
       model_index.json                   # diffusers' MarigoldDepthPipeline index + inference defaults + agdepth info
       unet/  vae/                        # loadable with UNet2DConditionModel / AutoencoderKL .from_pretrained
       scheduler/scheduler_config.json    # DDIM, v-prediction, Marigold's settings
-      depth_autoencoder/                 # agdepth.training.depth_autoencoder.DepthAutoencoder (training only)
+      depth_autoencoder/                 # agdepth.depth_autoencoder.DepthAutoencoder (training only)
       empty_text_embedding.safetensors   # [1, L, C]: the text encoder reduced to the one embedding it is used for
 
 Official Marigold directories (with text_encoder/ and tokenizer/ instead of the embedding file) load too.
@@ -92,6 +92,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def marigold_schedule(timestep_spacing: str = "trailing") -> NoiseSchedule:
     """SD2's training schedule with Marigold's DDIM settings: v-prediction, no clipping, ᾱ_final = ᾱ_0."""
     return NoiseSchedule(set_alpha_to_one=False, steps_offset=1, clip_sample=False, timestep_spacing=timestep_spacing)
+
+
+def checkpoint_schedule(scheduler_config: dict[str, Any] | None) -> NoiseSchedule:
+    """The DDIM schedule of a checkpoint: its ``scheduler/scheduler_config.json``, else Marigold's settings with
+    DDIM's default "leading" spacing. The PyTorch backend and the export both take it from here, so a checkpoint
+    without a scheduler config denoises the same before and after export."""
+    return NoiseSchedule.from_config(scheduler_config) if scheduler_config else marigold_schedule("leading")
 
 
 def scheduler_config(schedule: NoiseSchedule | None = None, timestep_spacing: str | None = None) -> dict[str, Any]:
@@ -218,7 +225,7 @@ def load_checkpoint(
     if (sched_dir / "scheduler_config.json").is_file():
         models.extra["scheduler_config"] = dict(DDIMScheduler.from_pretrained(sched_dir).config)
     if with_autoencoder:
-        from agdepth.training.depth_autoencoder import DepthAutoencoder
+        from agdepth.depth_autoencoder import DepthAutoencoder
 
         # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, minus its warning on every load
         models.extra["depth_autoencoder"] = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True,

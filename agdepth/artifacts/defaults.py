@@ -1,0 +1,84 @@
+"""The inference settings a checkpoint or an export recommends, and the one table of fallbacks for what they omit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agdepth.schedule import TIMESTEP_SPACINGS
+
+# For directories whose model_index.json does not say. diffusers' MarigoldDepthPipeline raises in that case unless
+# the call passes the value; agdepth assumes the settings Marigold v1-0 was published with (50 steps, 768 px) and says
+# so once (RuntimeDefaults.assumed). Ensemble size and spacing are agdepth's own keys: 1 member, and the scheduler
+# config's spacing, else DDIM's "leading".
+FALLBACK_STEPS = 50
+FALLBACK_PROCESSING_RESOLUTION = 768
+FALLBACK_ENSEMBLE_SIZE = 1
+FALLBACK_TIMESTEP_SPACING = "leading"
+
+
+@dataclass(frozen=True)
+class RuntimeDefaults:
+    """Inference settings a checkpoint recommends; the pipeline uses them for every argument left as None."""
+
+    steps: int = FALLBACK_STEPS
+    processing_resolution: int = FALLBACK_PROCESSING_RESOLUTION  # longer edge; 0 = native resolution
+    ensemble_size: int = FALLBACK_ENSEMBLE_SIZE
+    timestep_spacing: str = FALLBACK_TIMESTEP_SPACING
+    # settings no file gave, which diffusers would refuse to guess ("steps", "processing_resolution")
+    assumed: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
+        object.__setattr__(self, "assumed", tuple(self.assumed))  # a JSON list when read from a manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "processing_resolution": self.processing_resolution,
+                "ensemble_size": self.ensemble_size, "timestep_spacing": self.timestep_spacing,
+                "assumed": list(self.assumed)}
+
+    def describe_assumed(self) -> str:
+        """One line: what was assumed and where to set it ("" when nothing was)."""
+        if not self.assumed:
+            return ""
+        keys = {"steps": ("default_denoising_steps", f"{self.steps} steps", "steps"),
+                "processing_resolution": ("default_processing_resolution", f"{self.processing_resolution} px",
+                                          "processing resolution")}
+        names, values, what = zip(*(keys[a] for a in self.assumed), strict=True)
+        return (f"model_index.json sets no {' / '.join(names)}: assuming Marigold v1-0's {' at '.join(values)}; "
+                f"set them in model_index.json or pass the {' and '.join(what)}")
+
+    @classmethod
+    def from_model_index(
+        cls, model_index: dict[str, Any] | None, scheduler_config: dict[str, Any] | None = None
+    ) -> RuntimeDefaults:
+        """Read ``model_index.json`` (agdepth or official Marigold); missing or null values fall back.
+
+        The spacing comes from ``model_index["agdepth"]``, else from the scheduler config (what diffusers'
+        pipeline would use for an official Marigold directory), else "leading".
+        """
+        index = model_index or {}
+        extra = index.get("agdepth") or {}
+        sched = scheduler_config or {}
+
+        def pick(*values: Any) -> Any:
+            return next(v for v in values if v is not None)  # 0 is a valid resolution, so no `or`
+
+        assumed = tuple(name for name, key in (("steps", "default_denoising_steps"),
+                                               ("processing_resolution", "default_processing_resolution"))
+                        if index.get(key) is None)
+        return cls(
+            steps=int(pick(index.get("default_denoising_steps"), FALLBACK_STEPS)),
+            processing_resolution=int(
+                pick(index.get("default_processing_resolution"), FALLBACK_PROCESSING_RESOLUTION)
+            ),
+            ensemble_size=int(pick(extra.get("ensemble_size"), FALLBACK_ENSEMBLE_SIZE)),
+            timestep_spacing=str(
+                pick(extra.get("timestep_spacing"), sched.get("timestep_spacing"), FALLBACK_TIMESTEP_SPACING)
+            ),
+            assumed=assumed,
+        )
+
+
+__all__ = ["RuntimeDefaults"]

@@ -1,0 +1,73 @@
+"""One defaults path: the same checkpoint denoises the same way on PyTorch and after export, with or without a
+scheduler config, and a setting no file gives is assumed out loud, not silently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from agdepth import default_checkpoint
+from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.data.procedural import render_scene
+from agdepth.export import ExportOptions, Manifest, export_checkpoint
+from agdepth.runtime import DepthPipeline
+
+
+@pytest.fixture(scope="module")
+def bare_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model without scheduler/scheduler_config.json and without a default step count."""
+    ckpt = tmp_path_factory.mktemp("bare") / "ckpt"
+    shutil.copytree(default_checkpoint(), ckpt)
+    shutil.rmtree(ckpt / "scheduler")
+    index = json.loads((ckpt / "model_index.json").read_text())
+    index.pop("default_denoising_steps", None)
+    (ckpt / "model_index.json").write_text(json.dumps(index))
+    return ckpt
+
+
+def test_no_scheduler_config_denoises_the_same_before_and_after_export(bare_checkpoint: Path, tmp_path: Path) -> None:
+    export_checkpoint(bare_checkpoint, tmp_path / "e", ExportOptions(max_resolution=64), progress=lambda s: None)
+    torch_pipe = DepthPipeline.from_checkpoint(bare_checkpoint)
+    onnx_pipe = DepthPipeline.from_engine(tmp_path / "e" / "unet.onnx")
+    a, b = torch_pipe.backend.schedule, onnx_pipe.backend.schedule
+    assert a == b and not a.set_alpha_to_one and a.steps_offset == 1  # Marigold's final-step rule on both
+    images = [render_scene(d, 0, size=(48, 64), split="test").rgb for d in ("indoor", "street")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the assumed-defaults warning, tested below
+        kw = dict(steps=4, processing_res=64, seed=0)
+        np.testing.assert_allclose(torch_pipe(images, **kw).depth, onnx_pipe(images, **kw).depth, atol=1e-5)
+    assert Manifest.load(tmp_path / "e").data["defaults"]["assumed"] == ["steps"]
+
+
+def test_assumed_defaults_are_said_once(bare_checkpoint: Path, tmp_path: Path) -> None:
+    d = RuntimeDefaults.from_model_index({})
+    assert d == RuntimeDefaults(50, 768, 1, "leading") and d.assumed == ("steps", "processing_resolution")
+    assert "default_denoising_steps" in d.describe_assumed() and "50 steps at 768 px" in d.describe_assumed()
+    assert RuntimeDefaults.from_model_index({"default_denoising_steps": 1, "default_processing_resolution": 64}
+                                            ).assumed == ()
+    pipe = DepthPipeline.from_checkpoint(bare_checkpoint)
+    img = render_scene("indoor", 0, size=(32, 32), split="test").rgb
+    with pytest.warns(UserWarning, match="sets no default_denoising_steps: assuming Marigold v1-0's 50 steps"):
+        pipe(img, processing_res=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per pipeline, and never when the call gives the values
+        pipe(img, processing_res=32)
+        DepthPipeline.from_checkpoint(bare_checkpoint)(img, steps=1, processing_res=32)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    from agdepth.runtime.cli import main
+
+    res = CliRunner().invoke(main, [str(tmp_path / "a.png"), "--engine", str(bare_checkpoint), "--steps", "1",
+                                    "--processing-res", "32", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0 and "note:" not in res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI says it in its own one line, not as a Python warning too
+        res = CliRunner().invoke(main, [str(tmp_path / "a.png"), "--engine", str(bare_checkpoint),
+                                        "--processing-res", "32", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 0 and res.output.count("note: model_index.json sets no default_denoising_steps") == 1
