@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny models and an SD2-layout directory built from configs (no hub access here)."""
+"""Shared fixtures: tiny models and an SD2-layout directory built from configs (no hub access here), the hang guard
+of subprocess waits, and one torch thread per test process."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,16 @@ import torch
 # The timeout of a subprocess or wait in a test: it only stops a hung run. An hour is far above any run here, however
 # busy the machine (a test must never fail because the machine is slow), and is never a statement about speed.
 HANG_GUARD_S = 3600
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch (OpenMP) thread, here and in the subprocesses the tests start (OMP_NUM_THREADS; an OMP_NUM_THREADS
+    already set is kept). On a 2-core machine shared with other work, torch's two spinning OpenMP threads made the
+    suite 10x+ slower (the fast tier: 52 s alone, 688 s beside another pytest run; 67 s single-threaded), and the tiny
+    models gain little from a second thread. Speed only: no test depends on the thread count."""
+    threads = os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
 
 # A run small enough for CPU tests: 32x32 images (4x4 latents), batch 2, validation on 1 scene per domain.
 TINY_OVERRIDES = [

@@ -105,8 +105,10 @@ def test_changed_byte_in_unet_onnx_is_refused_naming_the_file(eng: Path, photo: 
 def test_second_load_uses_the_hash_cache_and_a_changed_file_is_rehashed(eng: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: list[str] = []
-    real = export_mod.sha256
-    monkeypatch.setattr(export_mod, "sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    import agdepth.artifacts.manifest as manifest_mod  # where Manifest.verify hashes
+
+    real = manifest_mod.sha256
+    monkeypatch.setattr(manifest_mod, "sha256", lambda p: hashed.append(Path(p).name) or real(p))
     OnnxBackend(eng)
     assert sorted(hashed) == ["empty_text_embedding.npy", "unet.onnx", "vae_decoder.onnx", "vae_encoder.onnx"]
     hashed.clear()
