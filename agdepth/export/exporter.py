@@ -1,13 +1,5 @@
-"""Export a checkpoint's three networks to ONNX (fp32, and fp16 on request) with a manifest the runtime reads.
-
-    engines/
-      manifest.json                     # files + sha256, dtypes, shape ranges, scheduler, defaults, versions
-      unet.onnx vae_encoder.onnx vae_decoder.onnx              # fp32
-      unet.fp16.onnx vae_encoder.fp16.onnx vae_decoder.fp16.onnx   # with --fp16 (ONNX Runtime)
-      unet.fp16-trt.onnx ...            # with --fp16: the graphs TensorRT engines are built from
-      empty_text_embedding.npy          # [1, L, C] float32: the U-Net's constant text conditioning
-      .verified.json                    # written by the runtime: hashes already checked (Manifest.verify)
-"""
+"""Export a checkpoint's three networks to ONNX (fp32, and fp16 on request), validate them against PyTorch, and
+write the engines directory the runtime reads (its layout: :mod:`agdepth.artifacts.manifest`)."""
 
 from __future__ import annotations
 
