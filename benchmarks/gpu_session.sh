@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 B="python3 -m agdepth.bench.cli latency --device cuda"
 timeout 100 $B --backends torch,torch-fp16 --compile reduce-overhead --work-dir /tmp/bench \
   --json "$OUT/bench_latency_h200.json" --md "$OUT/bench_latency_h200.md" > "$OUT/bench.log" 2>&1
-timeout 130 $B --random-weights sd2 --backends torch,torch-fp16 --resolution 768 --warmup 2 --repeats 5 \
+timeout 130 $B --random-weights sd2 --backends torch,torch-fp16 --processing-res 768 --warmup 2 --repeats 5 \
   --work-dir /tmp/bench --json "$OUT/bench_latency_sd2_h200.json" --md "$OUT/bench_latency_sd2_h200.md" \
   >> "$OUT/bench.log" 2>&1
 

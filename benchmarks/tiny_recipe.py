@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.machine import machine_info, package_versions, report_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def train(out: Path, extra: list[str]) -> None:
     print(f"recipe finished in {wall / 60:.1f} min")
 
 
-def bundle(out: Path, steps: int, ensemble: int, spacing: str, res: int, why: str) -> None:
+def bundle(out: Path, steps: int, ensemble: int, spacing: str, res: int) -> None:
     src = out / "checkpoint"
     if not (src / "model_index.json").is_file():
         sys.exit(f"{src} is not a checkpoint: run the recipe first")
@@ -45,10 +46,11 @@ def bundle(out: Path, steps: int, ensemble: int, spacing: str, res: int, why: st
         shutil.rmtree(BUNDLE)
     shutil.copytree(src, BUNDLE, ignore=shutil.ignore_patterns("depth_autoencoder"))
     index = json.loads((BUNDLE / "model_index.json").read_text())
-    index["default_denoising_steps"] = steps
-    index["default_processing_resolution"] = res
-    index["agdepth"].update(ensemble_size=ensemble, timestep_spacing=spacing, depth_autoencoder=None,
-                            defaults_chosen_by=why)
+    entries = RuntimeDefaults(steps=steps, processing_resolution=res, ensemble_size=ensemble,
+                              timestep_spacing=spacing).model_index_entries()
+    section = entries.pop("agdepth")
+    index.update(entries)  # existing keys: the index keeps its key order
+    index["agdepth"].update(**section, depth_autoencoder=None)
     (BUNDLE / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     sched = BUNDLE / "scheduler" / "scheduler_config.json"
     cfg = json.loads(sched.read_text())
@@ -118,14 +120,13 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=1)
     ap.add_argument("--spacing", default="trailing")
     ap.add_argument("--res", type=int, default=128)
-    ap.add_argument("--why", default="", help="which measurement chose the defaults (recorded in model_index)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     a = ap.parse_args()
     if a.action == "train":
         train(a.out, [x for s in a.extra for x in ("--set", s)] + ["--no-progress"])
     elif a.action == "bundle":
-        bundle(a.out, a.steps, a.ensemble, a.spacing, a.res, a.why)
+        bundle(a.out, a.steps, a.ensemble, a.spacing, a.res)
     else:
         summary(a.out, a.json, a.md)
 

@@ -14,10 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agdepth import default_checkpoint
+from agdepth.artifacts.checkpoint import read_model_index, save_checkpoint
 from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.data.procedural import render_scene
 from agdepth.export import ExportOptions, Manifest, export_checkpoint
+from agdepth.models import TinyModelConfig, build_tiny_unet, build_tiny_vae, tiny_empty_text_embedding
 from agdepth.runtime import DepthPipeline
+from agdepth.training.config import config_from_dict, load_config
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +74,43 @@ def test_assumed_defaults_are_said_once(bare_checkpoint: Path, tmp_path: Path) -
         res = CliRunner().invoke(main, [str(tmp_path / "a.png"), "--engine", str(bare_checkpoint),
                                         "--processing-res", "32", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 0 and res.output.count("note: model_index.json sets no default_denoising_steps") == 1
+
+
+def _save_tiny(out: Path, inference: RuntimeDefaults | None) -> dict:
+    cfg = TinyModelConfig(unet_block_out_channels=(8, 16, 16), cross_attention_dim=16,
+                          vae_block_out_channels=(8, 8, 8, 8), sample_size=32)
+    save_checkpoint(out, build_tiny_unet(cfg), build_tiny_vae(cfg), tiny_empty_text_embedding(cfg),
+                    inference=inference, info={"preset": "tiny"})
+    return read_model_index(out)
+
+
+@pytest.mark.parametrize("config", ["tiny", "sd2"])
+def test_config_inference_round_trips_through_model_index(config: str, tmp_path: Path) -> None:
+    inference = load_config(config).inference
+    index = _save_tiny(tmp_path / "ckpt", inference)
+    sched = json.loads((tmp_path / "ckpt" / "scheduler" / "scheduler_config.json").read_text())
+    got = RuntimeDefaults.from_model_index(index, sched)
+    assert got == inference and got.assumed == ()
+    assert sched["timestep_spacing"] == inference.timestep_spacing
+    # the layout of the bundled checkpoint: same keys in the same order (its agdepth section adds recipe info)
+    bundled = json.loads((default_checkpoint() / "model_index.json").read_text())
+    assert list(index) == list(bundled)
+    assert list(index["agdepth"]) == list(bundled["agdepth"])[:len(index["agdepth"])]
+
+
+def test_checkpoint_without_inference_settings_writes_nulls(tmp_path: Path) -> None:
+    index = _save_tiny(tmp_path / "ckpt", None)
+    assert index["default_denoising_steps"] is None and index["default_processing_resolution"] is None
+    assert index["agdepth"]["ensemble_size"] is None and index["agdepth"]["timestep_spacing"] == "trailing"
+    got = RuntimeDefaults.from_model_index(index)
+    assert got == RuntimeDefaults(50, 768, 1, "trailing") and got.assumed == ("steps", "processing_resolution")
+
+
+def test_config_inference_keys() -> None:
+    with pytest.raises(ValueError, match="`steps`"):
+        config_from_dict({"inference": {"denoising_steps": 2}})
+    with pytest.raises(ValueError, match="unknown key.*'inference': assumed"):
+        config_from_dict({"inference": {"assumed": ["steps"]}})
+    cfg = config_from_dict({"inference": {"steps": 2}})  # omitted keys: the tiny preset's defaults
+    assert cfg.inference == RuntimeDefaults(2, 128, 1, "trailing")
+    assert config_from_dict(cfg.to_dict()).inference == cfg.inference  # the logged config loads back

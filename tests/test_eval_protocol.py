@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import agdepth
 from agdepth.data.base import SampleReadError
 from agdepth.evaluation.cli import main
-from agdepth.evaluation.datasets import EvalDataset, EvalSample, ProceduralEvalDataset, build_dataset
+from agdepth.evaluation.datasets import EvalDataset, EvalSample, ProceduralEvalDataset
 from agdepth.evaluation.protocol import PredictionsDir, evaluate_dataset, resize_to, score
+from agdepth.evaluation.registry import build_dataset
 from agdepth.evaluation.tables import PAPER_TABLE1, assemble, load_results
 
 
@@ -182,9 +184,15 @@ def test_retrained_weights_at_the_same_path_are_not_resumed(tmp_path: Path) -> N
     assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
 
 
-def test_cli_needs_exactly_one_source() -> None:
-    r = CliRunner().invoke(main, ["--dataset", "procedural-forest"])
-    assert r.exit_code == 2 and "exactly one of --engine, --checkpoint, --predictions" in r.output
+def test_cli_takes_at_most_one_source_and_defaults_to_the_bundled_model(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["--dataset", "procedural-forest", "--engine", ".", "--predictions", "."])
+    assert r.exit_code == 2 and "at most one of --engine, --checkpoint, --predictions" in r.output
+    out = tmp_path / "bundled"
+    r = CliRunner().invoke(main, ["--dataset", "procedural-forest", "--count", "1", "--size", "32", "--no-progress",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    source = json.loads((out / "summary.json").read_text())["settings"]["source"]
+    assert Path(source["checkpoint"]) == agdepth.default_checkpoint() and source["steps"] >= 1
     r = CliRunner().invoke(main, ["--dataset", "nyu", "--predictions", "."])
     assert r.exit_code == 2 and "needs --data-root" in r.output
     with pytest.raises(ValueError, match="unknown dataset 'nyuv3'"):

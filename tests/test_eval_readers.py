@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from agdepth.data.base import SampleReadError
-from agdepth.evaluation.datasets import DATASETS, build_dataset
 from agdepth.evaluation.readers import NYUv2
+from agdepth.evaluation.registry import REAL, build_dataset
 
 H, W = 16, 24
 
@@ -337,9 +337,7 @@ def test_explicit_list_elsewhere_and_marigold_data_split_path(tmp_path: Path) ->
     ],
 )
 def test_registered_protocol_defaults(name: str, depth_range: tuple[float, float], res: int, count: int) -> None:
-    import agdepth.evaluation.readers  # noqa: F401  (registers)
-
-    cls = DATASETS[name].dataset_class  # type: ignore[attr-defined]
+    cls = REAL[name]
     assert cls.name == name and cls.depth_range == depth_range and cls.processing_res == res
     assert cls.expected_count == count and cls.alignment == "least_squares" and cls.dense is False
     assert cls.alignment_max_res == (1024 if name == "eth3d" else None)

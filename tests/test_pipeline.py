@@ -22,7 +22,7 @@ from agdepth.runtime import STAGES, DepthBackend, DepthPipeline, RuntimeDefaults
 # Smaller than the preset so the file stays fast next to other CPU work; same architecture family.
 CFG = TinyModelConfig(unet_block_out_channels=(16, 32, 32), cross_attention_dim=32,
                       vae_block_out_channels=(8, 16, 16, 16), sample_size=64)
-INFERENCE = {"denoising_steps": 2, "ensemble_size": 1, "timestep_spacing": "trailing", "processing_resolution": 64}
+INFERENCE = RuntimeDefaults(steps=2, processing_resolution=64, ensemble_size=1, timestep_spacing="trailing")
 RES = 64
 LATENT = (6, 8)  # 50×70 -> 45×64 -> padded 48×64 -> /8
 
@@ -108,8 +108,7 @@ def _ref_run(ref, image, steps: int, spacing: str, res: int = RES, **kw) -> np.n
 def test_backend_interface_and_defaults(pipe: DepthPipeline) -> None:
     be = pipe.backend
     assert isinstance(be, DepthBackend)
-    assert be.defaults == RuntimeDefaults(steps=2, processing_resolution=64, ensemble_size=1,
-                                          timestep_spacing="trailing")
+    assert be.defaults == INFERENCE
     assert be.schedule.prediction_type == "v_prediction" and be.schedule.steps_offset == 1
     assert tuple(be.empty_text_embedding.shape) == (1, CFG.text_tokens, CFG.cross_attention_dim)
     rgb = torch.zeros(2, 3, 48, 64)

@@ -11,6 +11,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import fake_tensorrt as fake
 import numpy as np
@@ -190,6 +191,13 @@ def _pipelines(m: Manifest) -> tuple[DepthPipeline, DepthPipeline]:
     return trt, ort
 
 
+def _unet_args(backend: Any, rows: int = 2, size: int = 64) -> list[torch.Tensor]:
+    """U-Net inputs of ``rows`` rows at size x size px, in the order ``denoise`` takes them."""
+    spec = backend.specs["unet"]
+    inputs = spec.sample_inputs(rows, size, size)
+    return [inputs[n] for n in spec.input_names]
+
+
 @pytest.mark.slow
 def test_backend_returns_what_the_engines_compute(exports: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,17 +252,16 @@ def test_graphed_unet_checks_every_call(exports: dict[str, Path], tmp_path: Path
     m = _built(exports, "static", tmp_path, monkeypatch)
     trt, ort = _pipelines(m)
     be = trt.backend
-    spec = be.specs["unet"]
-    two = spec.sample_inputs(2, 64, 64, seed=0)
-    args = [two[n] for n in spec.input_names]
+    args = _unet_args(be)
     first = be.denoise(*args)  # warm-up + capture
     replay = be.denoise(*args)
     np.testing.assert_array_equal(first.numpy(), replay.numpy())
     n_graph_runs = len(fake.STATE.executions)
-    row = be.denoise(*(a[1:] for a in args))  # a later 1-row call: padded, replayed, one row back
+    one_row = [a[1:] for a in args]
+    row = be.denoise(*one_row)  # a later 1-row call: padded, replayed, one row back
     assert len(fake.STATE.executions) == n_graph_runs + 1
     assert row.shape[0] == 1
-    np.testing.assert_allclose(row.numpy(), ort.backend.denoise(*(a[1:] for a in args)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(row.numpy(), ort.backend.denoise(*one_row).numpy(), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -263,11 +270,10 @@ def test_graphed_unet_checks_for_nan(exports: dict[str, Path], tmp_path: Path,
     m = _built(exports, "static", tmp_path, monkeypatch)
     fake.STATE.nan_engines = {f"unet.{TENSORRT_PRECISION}.onnx"}
     trt, _ = _pipelines(m)
-    spec = trt.backend.specs["unet"]
-    two = spec.sample_inputs(2, 64, 64)
+    args = _unet_args(trt.backend)
     for _ in range(2):  # the captured call and a replay
         with pytest.raises(NonFiniteOutputError, match="unet"):
-            trt.backend.denoise(*(two[n] for n in spec.input_names))
+            trt.backend.denoise(*args)
 
 
 # ------------------------------------------------------------------------------------------------ parity

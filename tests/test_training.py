@@ -81,7 +81,7 @@ def test_unet_stage_exports_diffusers_checkpoint(pretrained_run: Path, tmp_path:
     assert unet.config.in_channels == 8 and unet.config.out_channels == 4
     assert vae.config.latent_channels == 4
     index = json.loads((ckpt / "model_index.json").read_text())
-    assert index["default_denoising_steps"] == cfg.inference.denoising_steps
+    assert index["default_denoising_steps"] == cfg.inference.steps
     assert index["agdepth"]["trained_steps"] == 2
     emb = load_file(ckpt / "empty_text_embedding.safetensors")["empty_text_embedding"]
     assert emb.shape == (1, 2, unet.config.cross_attention_dim)

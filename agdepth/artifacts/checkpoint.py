@@ -21,8 +21,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
+from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.models import DepthModels, load_sd2
 from agdepth.schedule import NoiseSchedule
 
@@ -114,15 +114,26 @@ def save_checkpoint(
     vae: AutoencoderKL,
     empty_text_embedding: torch.Tensor,
     depth_autoencoder: torch.nn.Module | None = None,
-    inference: Any | None = None,
+    inference: RuntimeDefaults | Mapping[str, Any] | None = None,
     schedule: NoiseSchedule | None = None,
     info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically; ``inference`` is an InferenceDefaults (or dict) for model_index."""
+    """Write a complete checkpoint atomically.
+
+    ``inference`` (a RuntimeDefaults, or a mapping of its field names) is the settings model_index.json recommends;
+    None writes nulls, so the runtime falls back to Marigold's and says so. Its spacing is the scheduler config's too.
+    """
     from agdepth import __version__
 
-    inf = asdict(inference) if hasattr(inference, "__dataclass_fields__") else dict(inference or {})
-    spacing = inf.get("timestep_spacing", "trailing")
+    if isinstance(inference, Mapping):
+        inference = RuntimeDefaults(**inference)
+    if inference is None:
+        spacing = "trailing"  # marigold_schedule's, as checkpoints saved without settings always had
+        entries = RuntimeDefaults.unset_model_index_entries(spacing)
+    else:
+        spacing = inference.timestep_spacing
+        entries = inference.model_index_entries()
+    section = entries.pop("agdepth")
     with atomic_dir(out_dir) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -141,12 +152,10 @@ def save_checkpoint(
             "prediction_type": "depth",
             "scale_invariant": True,
             "shift_invariant": True,
-            "default_denoising_steps": inf.get("denoising_steps"),
-            "default_processing_resolution": inf.get("processing_resolution"),
+            **entries,  # default_denoising_steps, default_processing_resolution
             "agdepth": {
                 "version": __version__,
-                "ensemble_size": inf.get("ensemble_size"),
-                "timestep_spacing": spacing,
+                **section,  # ensemble_size, timestep_spacing
                 "depth_autoencoder": "depth_autoencoder" if depth_autoencoder is not None else None,
                 **(info or {}),
             },

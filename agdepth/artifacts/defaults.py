@@ -16,6 +16,12 @@ FALLBACK_PROCESSING_RESOLUTION = 768
 FALLBACK_ENSEMBLE_SIZE = 1
 FALLBACK_TIMESTEP_SPACING = "leading"
 
+# Where each setting sits in model_index.json: diffusers' MarigoldDepthPipeline reads the two top-level keys (as
+# Marigold v1.1 writes them); ensemble size and spacing are agdepth's own, in its "agdepth" section.
+STEPS_KEY = "default_denoising_steps"
+RESOLUTION_KEY = "default_processing_resolution"
+SECTION_KEY = "agdepth"
+
 
 @dataclass(frozen=True)
 class RuntimeDefaults:
@@ -42,8 +48,8 @@ class RuntimeDefaults:
         """One line: what was assumed and where to set it ("" when nothing was)."""
         if not self.assumed:
             return ""
-        keys = {"steps": ("default_denoising_steps", f"{self.steps} steps", "steps"),
-                "processing_resolution": ("default_processing_resolution", f"{self.processing_resolution} px",
+        keys = {"steps": (STEPS_KEY, f"{self.steps} steps", "steps"),
+                "processing_resolution": (RESOLUTION_KEY, f"{self.processing_resolution} px",
                                           "processing resolution")}
         names, values, what = zip(*(keys[a] for a in self.assumed), strict=True)
         return (f"model_index.json sets no {' / '.join(names)}: assuming Marigold v1-0's {' at '.join(values)}; "
@@ -59,26 +65,40 @@ class RuntimeDefaults:
         pipeline would use for an official Marigold directory), else "leading".
         """
         index = model_index or {}
-        extra = index.get("agdepth") or {}
+        extra = index.get(SECTION_KEY) or {}
         sched = scheduler_config or {}
 
         def pick(*values: Any) -> Any:
             return next(v for v in values if v is not None)  # 0 is a valid resolution, so no `or`
 
-        assumed = tuple(name for name, key in (("steps", "default_denoising_steps"),
-                                               ("processing_resolution", "default_processing_resolution"))
+        assumed = tuple(name for name, key in (("steps", STEPS_KEY), ("processing_resolution", RESOLUTION_KEY))
                         if index.get(key) is None)
         return cls(
-            steps=int(pick(index.get("default_denoising_steps"), FALLBACK_STEPS)),
-            processing_resolution=int(
-                pick(index.get("default_processing_resolution"), FALLBACK_PROCESSING_RESOLUTION)
-            ),
+            steps=int(pick(index.get(STEPS_KEY), FALLBACK_STEPS)),
+            processing_resolution=int(pick(index.get(RESOLUTION_KEY), FALLBACK_PROCESSING_RESOLUTION)),
             ensemble_size=int(pick(extra.get("ensemble_size"), FALLBACK_ENSEMBLE_SIZE)),
             timestep_spacing=str(
                 pick(extra.get("timestep_spacing"), sched.get("timestep_spacing"), FALLBACK_TIMESTEP_SPACING)
             ),
             assumed=assumed,
         )
+
+    def model_index_entries(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_model_index`: the top-level keys and the ``"agdepth"`` section's keys that
+        write these settings into ``model_index.json`` (the writer merges them into its index)."""
+        return _index_entries(self.steps, self.processing_resolution, self.ensemble_size, self.timestep_spacing)
+
+    @staticmethod
+    def unset_model_index_entries(timestep_spacing: str) -> dict[str, Any]:
+        """The entries of a checkpoint that recommends nothing: nulls, so that :meth:`from_model_index` falls back
+        and reports what it assumed. The spacing is still written, as the one the scheduler config was saved with."""
+        return _index_entries(None, None, None, timestep_spacing)
+
+
+def _index_entries(steps: int | None, resolution: int | None, ensemble: int | None, spacing: str) -> dict[str, Any]:
+    # key order is the order checkpoints have always been written in
+    return {STEPS_KEY: steps, RESOLUTION_KEY: resolution,
+            SECTION_KEY: {"ensemble_size": ensemble, "timestep_spacing": spacing}}
 
 
 __all__ = ["RuntimeDefaults"]

@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
+
+from agdepth.runtime.options import (
+    DEFAULT_BATCH_SIZE,
+    DEVICES,
+    inference_options,
+    model_options,
+    open_pipeline,
+    torch_device,
+)
+from agdepth.schedule import TIMESTEP_SPACINGS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,17 +83,12 @@ def parity(engines: Path, checkpoint: Path | None, count: int, settings: str, js
 # ------------------------------------------------------------------------------------------ shared options
 
 SUITES = ("latency", "frontier", "roofline", "ensemble")
+DEFAULT_BACKENDS = "torch,onnx-fp32,onnx-fp16,tensorrt,torch-fp16"
 
 
-def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda).")(f)
-    f = click.option("--random-weights", type=click.Choice(["sd2"]), default=None,
-                     help="The full SD2 architecture with random weights (real-size cost without the weights).")(f)
-    f = click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="Checkpoint directory. Default: the bundled tiny model.")(f)
-    f = click.option("--engine", type=click.Path(exists=True, path_type=Path), default=None,
-                     help="A depth-export directory (or a .onnx/.plan file in one) for the ONNX/TensorRT backends.")(f)
-    return f
+def _random_weights_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--random-weights", type=click.Choice(["sd2"]), default=None,
+                        help="The full SD2 architecture with random weights (real-size cost without the weights).")(f)
 
 
 def _output_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -145,15 +149,18 @@ def _finish(title: str, report: dict[str, Any], body: str, json_path: Path | Non
 # ------------------------------------------------------------------------------------------------- latency
 
 
-def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str,
-                  backends: str, resolution: int | None, steps: int | None, ensemble: int | None,
-                  spacing: str | None, batch_size: int, warmup: int, repeats: int, compile_mode: str | None,
-                  quick: bool, work_dir: Path) -> tuple[dict[str, Any], list[str]]:
+def latency_suite(engine: Path | None = None, checkpoint: Path | None = None, random_weights: str | None = None,
+                  device: str = "auto", backends: str = DEFAULT_BACKENDS, processing_res: int | None = None,
+                  steps: int | None = None, ensemble: int | None = None, timestep_spacing: str | None = None,
+                  seed: int = 0, images: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, warmup: int = 2,
+                  repeats: int = 20, compile_mode: str | None = None, quick: bool = False,
+                  work_dir: Path = Path(".bench")) -> tuple[dict[str, Any], list[str]]:
     """Run the latency suite; returns the report and the checks that failed (quick mode; wall-time relations are
     reported in the report, never returned as failed)."""
     from agdepth.bench.latency import LatencySettings, checkpoint_defaults, choose_backends, relations, run_latency
     from agdepth.bench.report import report_meta
 
+    device = torch_device(device)
     report = report_meta()
     if engine is None:
         d = checkpoint_defaults(checkpoint, random_weights)
@@ -162,14 +169,15 @@ def latency_suite(engine: Path | None, checkpoint: Path | None, random_weights: 
         from agdepth.runtime.backends import RuntimeDefaults
 
         d = RuntimeDefaults(**Manifest.load(_engines_dir(engine)).data["defaults"])  # type: ignore[arg-type]
-    res = resolution or d.processing_resolution or 768
+    res = processing_res or d.processing_resolution or 768
     if quick:
         warmup, repeats = 1, 3
-    s = LatencySettings(res, steps or d.steps, ensemble or d.ensemble_size, spacing or d.timestep_spacing,
-                        batch_size, warmup, repeats)
+    s = LatencySettings(resolution=res, steps=steps or d.steps, ensemble=ensemble or d.ensemble_size,
+                        spacing=timestep_spacing or d.timestep_spacing, seed=seed, images=images,
+                        batch_size=batch_size, warmup=warmup, repeats=repeats)
     names = [n.strip() for n in backends.split(",") if n.strip()]
     choices = choose_backends(names, checkpoint, _engines_dir(engine), random_weights, device, compile_mode, res,
-                              max(s.ensemble * batch_size, 10), work_dir, click.echo)
+                              max(s.ensemble * images, 10), work_dir, click.echo)
     report.update(run_latency(choices, s, click.echo))
     if not quick:
         return report, []
@@ -196,30 +204,31 @@ def _latency_checks(report: dict[str, Any], requested: list[str]) -> list[dict[s
 
 
 @main.command()
-@_model_options
-@click.option("--backends", default="torch,onnx-fp32,onnx-fp16,tensorrt,torch-fp16", show_default=True,
-              help="Comma-separated; those that cannot run here are listed as skipped, with the reason.")
-@click.option("--resolution", type=int, default=None, help="Processing resolution. Default: the checkpoint's.")
-@click.option("--steps", type=int, default=None, help="Default: the checkpoint's.")
-@click.option("--ensemble", type=int, default=None, help="Default: the checkpoint's.")
-@click.option("--spacing", type=click.Choice(["leading", "trailing"]), default=None, help="Default: the checkpoint's.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Images per pipeline call.")
-@click.option("--warmup", type=int, default=2, show_default=True)
-@click.option("--repeats", type=int, default=20, show_default=True)
+@model_options
+@_random_weights_option
+@click.option("--backends", default=DEFAULT_BACKENDS, show_default=True,
+              help="Comma-separated; those that cannot run here are listed as skipped, with the reason. --engine is "
+                   "the export the ONNX/TensorRT backends run (default: the checkpoint exported into --work-dir); "
+                   "--checkpoint the weights of the PyTorch ones.")
+@inference_options
+@click.option("--images", type=click.IntRange(min=1), default=1, show_default=True, help="Images per pipeline call.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--compile", "compile_mode", type=click.Choice(["default", "reduce-overhead"]), default=None,
               help="torch-fp16 on CUDA: torch.compile the U-Net (reduce-overhead = CUDA graphs).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench"),
               show_default=True, help="Where the ONNX graphs are exported when no --engine is given (reused).")
 @_output_options
-def latency(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str, backends: str,
-            resolution: int | None, steps: int | None, ensemble: int | None, spacing: str | None, batch_size: int,
-            warmup: int, repeats: int, compile_mode: str | None, work_dir: Path, quick: bool, json_path: Path | None,
-            md_path: Path | None) -> None:
+def latency(engine: Path | None, checkpoint: Path | None, device: str, random_weights: str | None, backends: str,
+            steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
+            seed: int, batch_size: int, images: int, warmup: int, repeats: int, compile_mode: str | None,
+            work_dir: Path, quick: bool, json_path: Path | None, md_path: Path | None) -> None:
     """Wall time per stage (preprocess, VAE encode, U-Net per step, VAE decode, ensembling, write), p50/p90,
     images/s and peak memory, for each backend on the same images in one run."""
     try:
-        report, failed = latency_suite(engine, checkpoint, random_weights, device, backends, resolution, steps,
-                                       ensemble, spacing, batch_size, warmup, repeats, compile_mode, quick, work_dir)
+        report, failed = latency_suite(engine, checkpoint, random_weights, device, backends, processing_res, steps,
+                                       ensemble, timestep_spacing, seed, images, batch_size, warmup, repeats,
+                                       compile_mode, quick, work_dir)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     from agdepth.bench.latency import markdown
@@ -237,25 +246,17 @@ def _ints(text: str, what: str) -> list[int]:
         raise click.UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _pipeline(engine: Path | None, checkpoint: Path | None, random_weights: str | None, device: str) -> Any:
-    from agdepth.bench.latency import torch_pipeline
-    from agdepth.runtime import DepthPipeline
-
-    if engine is not None:
-        return DepthPipeline.from_engine(engine)
-    return torch_pipeline(checkpoint, random_weights, device, torch.float32)
-
-
-def frontier_suite(engine: Path | None, checkpoint: Path | None, device: str, steps: str, ensembles: str,
-                   spacings: str, count: int, latency_repeats: int, seed: int, quick: bool, png: Path | None
-                   ) -> tuple[dict[str, Any], list[str]]:
+def frontier_suite(engine: Path | None = None, checkpoint: Path | None = None, device: str = "auto",
+                   steps: str = "1,2,4,10,50", ensembles: str = "1,5,10", spacings: str = "leading,trailing",
+                   count: int = 20, latency_repeats: int = 3, seed: int = 0, quick: bool = False,
+                   png: Path | None = None) -> tuple[dict[str, Any], list[str]]:
     from agdepth.bench.frontier import grid, plot_frontier, run_frontier
     from agdepth.bench.report import report_meta
 
     if quick:
         steps, ensembles, spacings, count, latency_repeats = "1,4", "1,2", "trailing", 2, 3
     report = report_meta()
-    pipe = _pipeline(engine, checkpoint, None, device)
+    pipe = open_pipeline(engine, checkpoint, device)
     label = str(engine or checkpoint or "bundled tiny model (agdepth/weights/tiny)")
     settings = grid(_ints(steps, "--steps"), _ints(ensembles, "--ensembles"),
                     [v.strip() for v in spacings.split(",") if v.strip()])
@@ -287,14 +288,11 @@ def frontier_suite(engine: Path | None, checkpoint: Path | None, device: str, st
 
 
 @main.command()
-@click.option("--engine", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Run on this backend (as depth-run --engine) instead of PyTorch.")
-@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Checkpoint directory. Default: the bundled tiny model.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--steps", default="1,2,4,10,50", show_default=True)
-@click.option("--ensembles", default="1,5,10", show_default=True)
-@click.option("--spacings", default="leading,trailing", show_default=True)
+@model_options
+@click.option("--steps", default="1,2,4,10,50", show_default=True, help="DDIM steps of the grid (comma-separated).")
+@click.option("--ensembles", default="1,5,10", show_default=True, help="Ensemble sizes of the grid.")
+@click.option("--spacings", default="leading,trailing", show_default=True,
+              help=f"Timestep spacings of the grid ({', '.join(TIMESTEP_SPACINGS)}).")
 @click.option("--count", type=int, default=20, show_default=True, help="Test scenes per unseen procedural domain.")
 @click.option("--latency-repeats", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -316,8 +314,9 @@ def frontier(engine: Path | None, checkpoint: Path | None, device: str, steps: s
 # ------------------------------------------------------------------------------------------------ roofline
 
 
-def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: str, resolution: int | None,
-                   batch: int, steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool
+def roofline_suite(checkpoint: Path | None = None, random_weights: str | None = None, device: str = "auto",
+                   processing_res: int | None = None, batch_size: int = 1, steps: int | None = None,
+                   ensemble: int | None = None, repeats: int = 5, peak_n: int = 2048, quick: bool = False
                    ) -> tuple[dict[str, Any], list[str]]:
     from agdepth import default_checkpoint
     from agdepth.artifacts.checkpoint import load_checkpoint
@@ -338,8 +337,8 @@ def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: 
         models = load_checkpoint(checkpoint or default_checkpoint())
         d = RuntimeDefaults.from_model_index(models.extra.get("model_index"), models.extra.get("scheduler_config"))
     report["model"] = "SD2 architecture, random weights" if random_weights else str(checkpoint or "bundled tiny")
-    report.update(roofline(models, resolution or d.processing_resolution or 768, batch, steps or d.steps,
-                           ensemble or d.ensemble_size, device, repeats, peak_n))
+    report.update(roofline(models, processing_res or d.processing_resolution or 768, batch_size, steps or d.steps,
+                           ensemble or d.ensemble_size, torch_device(device), repeats, peak_n))
     from agdepth.bench.latency import relation
 
     nets = report["networks"]
@@ -358,23 +357,26 @@ def roofline_suite(checkpoint: Path | None, random_weights: str | None, device: 
 @main.command("roofline")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Checkpoint directory. Default: the bundled tiny model.")
-@click.option("--random-weights", type=click.Choice(["sd2"]), default=None,
-              help="The full SD2 architecture with random weights (real-size FLOPs without the weights).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--resolution", type=int, default=None, help="Padded square side. Default: the checkpoint's.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Rows per network call.")
-@click.option("--steps", type=int, default=None, help="For the pipeline total. Default: the checkpoint's.")
-@click.option("--ensemble", type=int, default=None, help="For the pipeline total. Default: the checkpoint's.")
+@_random_weights_option
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where PyTorch runs (auto: CUDA if PyTorch sees a GPU).")
+@click.option("--processing-res", type=click.IntRange(min=1), default=None,
+              help="Padded square side. Default: the checkpoint's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per network call.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="For the pipeline total. Default: the checkpoint's.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=None,
+              help="For the pipeline total. Default: the checkpoint's.")
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--peak-n", type=int, default=2048, show_default=True, help="Matmul side for the measured peak.")
 @_output_options
-def roofline_cmd(checkpoint: Path | None, random_weights: str | None, device: str, resolution: int | None, batch: int,
-                 steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool,
+def roofline_cmd(checkpoint: Path | None, random_weights: str | None, device: str, processing_res: int | None,
+                 batch_size: int, steps: int | None, ensemble: int | None, repeats: int, peak_n: int, quick: bool,
                  json_path: Path | None, md_path: Path | None) -> None:
     """FLOPs per network (torch's FLOP counter), achieved FLOP/s against a measured matmul peak, and an RTX 3090
     projection (labelled as such)."""
-    report, failed = roofline_suite(checkpoint, random_weights, device, resolution, batch, steps, ensemble, repeats,
-                                    peak_n, quick)
+    report, failed = roofline_suite(checkpoint, random_weights, device, processing_res, batch_size, steps, ensemble,
+                                    repeats, peak_n, quick)
     from agdepth.bench.roofline import markdown
 
     _finish("Roofline", report, markdown(report), json_path, md_path, failed)
@@ -429,9 +431,11 @@ def ensemble_cmd(sizes: str, members: int, repeats: int, threads: int, quick: bo
 @click.option("--quick", is_flag=True,
               help="A few iterations of every suite on the tiny model; exit 1 only if a check that holds on any "
                    "machine fails (wall-time relations are reported, never a failure).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where PyTorch runs (auto: CUDA if PyTorch sees a GPU).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench"),
               show_default=True, help="Where the latency suite exports the ONNX graphs (reused).")
-def all_suites(out: Path, quick: bool, work_dir: Path) -> None:
+def all_suites(out: Path, quick: bool, device: str, work_dir: Path) -> None:
     """Every suite with its defaults (or --quick), one report per suite in OUT.
 
     Exit 1 if a suite raised (the others still run; its report names the error), if a network has no FLOPs counted,
@@ -447,11 +451,9 @@ def all_suites(out: Path, quick: bool, work_dir: Path) -> None:
 
     png = out / "bench_frontier.png"
     runs = {
-        "latency": lambda: latency_suite(None, None, None, "cpu", "torch,onnx-fp32,onnx-fp16,tensorrt,torch-fp16",
-                                         None, None, None, None, 1, 2, 20, None, quick, work_dir),
-        "frontier": lambda: frontier_suite(None, None, "cpu", "1,2,4,10,50", "1,5,10", "leading,trailing", 20, 3, 0,
-                                           quick, png),
-        "roofline": lambda: roofline_suite(None, None, "cpu", None, 1, None, None, 5, 2048, quick),
+        "latency": lambda: latency_suite(device=device, quick=quick, work_dir=work_dir),
+        "frontier": lambda: frontier_suite(device=device, quick=quick, png=png),
+        "roofline": lambda: roofline_suite(device=device, quick=quick),
         "ensemble": lambda: ensemble_suite("768,384", 10, 3, 1, quick),
     }
     bodies = {"latency": ("Latency per stage and backend", latency_md),

@@ -36,7 +36,9 @@ class LatencySettings:
     steps: int
     ensemble: int
     spacing: str
-    batch_size: int = 1  # images per pipeline call
+    seed: int = 0  # noise seed of the first run (warm-up included); run i uses seed + i
+    images: int = 1  # images per pipeline call
+    batch_size: int = 0  # the pipeline's batch_size: at most this many rows per network call (0 = all at once)
     warmup: int = 1
     repeats: int = 5
 
@@ -117,15 +119,17 @@ def _pcts(values: Sequence[float]) -> dict[str, float]:
 
 
 def measure(pipe: DepthPipeline, s: LatencySettings, images: list[np.ndarray] | None = None,
-            out_dir: Path | None = None, pipeline_batch_size: int = 0) -> dict[str, Any]:
-    """Time ``s.repeats`` runs (after ``s.warmup``) of ``pipe`` on ``s.batch_size`` images: seconds per stage as
-    p50/p90, U-Net seconds per denoising step, images/s, the overhead share, peak memory.
+            out_dir: Path | None = None, pipeline_batch_size: int | None = None) -> dict[str, Any]:
+    """Time ``s.repeats`` runs (after ``s.warmup``) of ``pipe`` on ``images`` (default: ``s.images`` test images):
+    seconds per stage as p50/p90, U-Net seconds per denoising step, images/s, the overhead share, peak memory.
 
-    ``pipeline_batch_size`` is the pipeline's ``batch_size`` (rows per network call; 0 = all at once).
+    ``pipeline_batch_size`` overrides ``s.batch_size`` as the pipeline's ``batch_size`` (rows per network call;
+    0 = all at once); None uses ``s.batch_size``.
     """
     from agdepth.imageio import write_depth_png16
 
-    images = images if images is not None else bench_images(s.batch_size, s.resolution)
+    images = images if images is not None else bench_images(s.images, s.resolution)
+    batch_size = s.batch_size if pipeline_batch_size is None else pipeline_batch_size
     timed = TimedBackend(pipe.backend)
     run = DepthPipeline(timed)  # type: ignore[arg-type]  # a structural stand-in for the backend
     device = pipe.backend.device
@@ -137,7 +141,7 @@ def measure(pipe: DepthPipeline, s: LatencySettings, images: list[np.ndarray] | 
         for i in range(s.warmup + s.repeats):
             timed.network_seconds = 0.0
             out = run(images, steps=s.steps, ensemble=s.ensemble, processing_res=s.resolution,
-                      timestep_spacing=s.spacing, seed=i, batch_size=pipeline_batch_size)
+                      timestep_spacing=s.spacing, seed=s.seed + i, batch_size=batch_size)
             t0 = time.perf_counter()
             for j, depth in enumerate(out.depth):  # new files each run, as depth-run writes (no overwrite)
                 write_depth_png16(target / f"{i}_{j}.png", depth)
@@ -156,7 +160,7 @@ def measure(pipe: DepthPipeline, s: LatencySettings, images: list[np.ndarray] | 
     result: dict[str, Any] = {
         "stages": stages,
         "unet_per_step_p50": stages["unet"]["p50"] / s.steps,
-        "images_per_s": s.batch_size / stages["total"]["p50"],
+        "images_per_s": len(images) / stages["total"]["p50"],
         "overhead_fraction_p50": statistics.median(overhead_share),
         "peak_rss_mib": mem["peak_rss_mib"],
         "device_peak_mib": (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
@@ -306,8 +310,9 @@ def choose_backends(names: Sequence[str], checkpoint: Path | None, engines: Path
 
 def run_latency(choices: Sequence[BackendChoice], s: LatencySettings, progress: Callable[[str], None] = print
                 ) -> dict[str, Any]:
-    """Measure every built backend on the same images and settings; ratios are against the first ("torch")."""
-    images = bench_images(s.batch_size, s.resolution)
+    """Measure every built backend on the same images and settings; ratios are against "torch". ``summary``: the
+    ONNX Runtime fp32 speed-up over PyTorch eager (when both ran) and the overhead share on the fastest backend."""
+    images = bench_images(s.images, s.resolution)
     rows = []
     for c in choices:
         if c.pipeline is None:
@@ -323,17 +328,15 @@ def run_latency(choices: Sequence[BackendChoice], s: LatencySettings, progress: 
     if base is not None:
         for r in ran:
             r["speedup_vs_torch"] = base["stages"]["total"]["p50"] / r["stages"]["total"]["p50"]
-    targets: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     ort = next((r for r in ran if r["backend"] == "onnx-fp32"), None)
     if base is not None and ort is not None:
-        targets["onnx_speedup_vs_torch"] = ort["speedup_vs_torch"]
-        targets["onnx_1_2x_faster"] = ort["speedup_vs_torch"] >= 1.2
+        summary["onnx_speedup_vs_torch"] = ort["speedup_vs_torch"]
     fastest = min(ran, key=lambda r: r["stages"]["total"]["p50"]) if ran else None
     if fastest is not None:
-        targets["overhead_backend"] = fastest["backend"]
-        targets["overhead_fraction"] = fastest["overhead_fraction_p50"]
-        targets["overhead_within_3pct"] = fastest["overhead_fraction_p50"] <= 0.03
-    return {"settings": asdict(s), "backends": rows, "targets": targets}
+        summary["overhead_backend"] = fastest["backend"]
+        summary["overhead_fraction"] = fastest["overhead_fraction_p50"]
+    return {"settings": asdict(s), "backends": rows, "summary": summary}
 
 
 WALL_TIME = "wall time"  # the one relation basis that is reported, never a gate
@@ -355,8 +358,7 @@ def relations(pipe: DepthPipeline, resolution: int, repeats: int = 3) -> list[di
     U-Net call and a 10-step run ten; the members of an image share one U-Net call per step when the batch allows
     it (E calls per step when the pipeline's batch size is 1).
     Wall time (reported only, never a failure): a 1-step run's total p50 below a 10-step run's; U-Net p50 per member
-    below when the members share a call. Both usually hold, but a busy machine can invert them (seen on a 2-core CI
-    box under load: PyTorch p50 rose to 345 ms per call).
+    below when the members share a call. Both usually hold, but a busy machine can invert them.
     """
     one = measure(pipe, LatencySettings(resolution, 1, 1, "trailing", repeats=repeats))
     ten = measure(pipe, LatencySettings(resolution, 10, 1, "trailing", repeats=repeats))
@@ -400,12 +402,14 @@ def relations_markdown(relations: Sequence[dict[str, Any]]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The suite's body: settings, one row per backend (stage p50s in ms), p90 of the total, targets."""
+    """The suite's body: settings, one row per backend (stage p50s in ms), p90 of the total, the summary."""
     s = report["settings"]
     ms = 1000.0
+    rows_per_call = ("all rows in one network call (up to the backend's max batch)" if s["batch_size"] == 0
+                     else f"at most {s['batch_size']} row(s) per network call")
     lines = [f"Setting: {s['steps']} step(s) × {s['ensemble']} member(s), {s['spacing']} spacing, "
-             f"{s['resolution']} px, {s['batch_size']} image(s) per call; {s['warmup']} warm-up + {s['repeats']} "
-             "measured runs per backend "
+             f"{s['resolution']} px, {s['images']} image(s) per call, {rows_per_call}; "
+             f"{s['warmup']} warm-up + {s['repeats']} measured runs per backend "
              "(p50 unless noted). *networks* is the time inside network calls; *overhead* is everything else "
              "(preprocess, noise, DDIM arithmetic, ensembling, resize, PNG write).", "",
              "| backend | preprocess | VAE encode | U-Net (per step) | VAE decode | ensemble | postprocess | write | "
@@ -425,15 +429,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{ms * st['total']['p50']:.2f} | {ms * st['total']['p90']:.2f} | {r['images_per_s']:.3g} | "
             f"{ms * st['networks']['p50']:.2f} | {100 * r['overhead_fraction_p50']:.1f}% | "
             f"{r.get('speedup_vs_torch', float('nan')):.2f} | {rss} | {dev} |")
-    t = report["targets"]
+    sm = report["summary"]
     lines += ["", "All times in ms."]
-    if "onnx_speedup_vs_torch" in t:
-        lines.append(f"- ONNX Runtime fp32 vs PyTorch eager, whole pipeline: {t['onnx_speedup_vs_torch']:.2f}x "
-                     f"(target ≥1.2x: {'met' if t['onnx_1_2x_faster'] else 'NOT met'})")
-    if "overhead_fraction" in t:
-        lines.append(f"- Runtime overhead (all but network calls) on the fastest backend ({t['overhead_backend']}): "
-                     f"{100 * t['overhead_fraction']:.1f}% of pipeline time (target ≤3%: "
-                     f"{'met' if t['overhead_within_3pct'] else 'NOT met'})")
+    if "onnx_speedup_vs_torch" in sm:
+        lines.append(f"- ONNX Runtime fp32 vs PyTorch eager, whole pipeline: {sm['onnx_speedup_vs_torch']:.2f}x")
+    if "overhead_fraction" in sm:
+        lines.append(f"- Runtime overhead (all but network calls) on the fastest backend ({sm['overhead_backend']}): "
+                     f"{100 * sm['overhead_fraction']:.1f}% of pipeline time")
     return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import click
 import numpy as np
 
-from agdepth.evaluation.datasets import DATASETS, EvalSample, build_dataset
+from agdepth import default_checkpoint
+from agdepth.evaluation.datasets import EvalSample
 from agdepth.evaluation.protocol import (
     STATUSES,
     PredictionsDir,
@@ -29,7 +30,9 @@ from agdepth.evaluation.protocol import (
     markdown_row,
     weights_fingerprint,
 )
+from agdepth.evaluation.registry import DATASETS, PROCEDURAL, build_dataset, protocol_defaults
 from agdepth.evaluation.tables import assemble, load_results
+from agdepth.runtime.options import inference_options, model_options, open_pipeline
 
 ALIGNMENTS = {"depth": "least_squares", "disparity": "least_squares_disparity"}
 
@@ -62,24 +65,15 @@ class _ModelPredictor:
 
 
 def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, steps: int | None,
-                     ensemble: int | None, spacing: str | None, processing_res: int | None,
-                     seed: int) -> tuple[Predictor, dict[str, Any]]:
-    from agdepth.runtime import DepthPipeline
-
-    if engine is not None:
-        pipe = DepthPipeline.from_engine(engine)
-    else:
-        pipe = DepthPipeline.from_checkpoint(checkpoint, device=device)  # type: ignore[arg-type]
-    d = pipe.backend.defaults
-    used = {"steps": d.steps if steps is None else steps,
-            "ensemble": d.ensemble_size if ensemble is None else ensemble,
-            "timestep_spacing": d.timestep_spacing if spacing is None else spacing,
-            "processing_res": d.processing_resolution if processing_res is None else processing_res,
-            "seed": seed}
+                     ensemble: int | None, spacing: str | None, processing_res: int | None, seed: int,
+                     batch_size: int) -> tuple[Predictor, dict[str, Any]]:
+    pipe = open_pipeline(engine, checkpoint, device)
+    steps_, ens, res, spacing_ = pipe.check_settings(steps, ensemble, processing_res, spacing)
+    used = {"steps": steps_, "ensemble": ens, "timestep_spacing": spacing_, "processing_res": res, "seed": seed}
 
     def predict(sample: EvalSample) -> np.ndarray:
-        out = pipe([sample.rgb], steps=used["steps"], ensemble=used["ensemble"], seed=seed,
-                   processing_res=used["processing_res"], timestep_spacing=used["timestep_spacing"])
+        out = pipe([sample.rgb], steps=steps_, ensemble=ens, seed=seed, processing_res=res,
+                   timestep_spacing=spacing_, batch_size=batch_size)
         return out.depth[0]
 
     return predict, used
@@ -89,18 +83,10 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
 @click.option("--dataset", required=True, help="Benchmark name (see `depth-eval datasets`).")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Folder holding the dataset (not needed for the procedural domains).")
-@click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="Exported model: .onnx, an engines folder, or a TensorRT .plan (as depth-run).")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint folder (PyTorch).")
+@model_options
 @click.option("--predictions", type=click.Path(path_type=Path), default=None,
               help="Folder of saved predictions <sample name>.npy (any method's) to score instead of a model.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for --checkpoint (e.g. cuda).")
-@click.option("--steps", type=int, default=None, help="DDIM steps. Default: the model's.")
-@click.option("--ensemble", type=int, default=None, help="Ensemble members. Default: the model's.")
-@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
-@click.option("--processing-res", type=int, default=None,
-              help="Longer edge seen by the networks (0: native). Default: the dataset's, else the model's.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@inference_options
 @click.option("--alignment", type=click.Choice(sorted(ALIGNMENTS)), default=None,
               help="Least-squares fit in depth or disparity space. Default: the dataset's (depth).")
 @click.option("--min-depth", type=float, default=None, help="Override the dataset's depth range (metres).")
@@ -120,12 +106,16 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
               help="Exit 0 even when some samples failed (they are still listed and counted). Without it, any "
                    "failed sample makes the exit status 1; no scored sample always does.")
 @click.option("--no-progress", is_flag=True)
-def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, predictions: Path | None,
-        device: str, steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
-        seed: int, alignment: str | None, min_depth: float | None, max_depth: float | None,
-        filename_list: Path | None, kitti_crop: str, count: int, size: int, label: str | None, out: Path | None,
-        save_predictions: bool, overwrite: bool, allow_failures: bool, no_progress: bool) -> None:
+def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, device: str,
+        predictions: Path | None, steps: int | None, ensemble: int | None, timestep_spacing: str | None,
+        processing_res: int | None, seed: int, batch_size: int, alignment: str | None, min_depth: float | None,
+        max_depth: float | None, filename_list: Path | None, kitti_crop: str, count: int, size: int,
+        label: str | None, out: Path | None, save_predictions: bool, overwrite: bool, allow_failures: bool,
+        no_progress: bool) -> None:
     """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row.
+
+    The model is --engine or --checkpoint, else the bundled model. Without --processing-res a benchmark with a
+    protocol resolution (e.g. native size) uses it, the others the model's default.
 
     A sample that cannot be read, has no prediction, an unusable prediction (not one [H, W] map; NaN or inf at a
     scored pixel) or no scored pixel fails: it is listed with its reason and never enters the means. Exit status:
@@ -133,10 +123,10 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
     error. A rerun into the same --out retries the failed samples.
     """
     sources = [s for s in (engine, checkpoint, predictions) if s is not None]
-    if len(sources) != 1:
-        raise click.UsageError("give exactly one of --engine, --checkpoint, --predictions")
+    if len(sources) > 1:
+        raise click.UsageError("give at most one of --engine, --checkpoint, --predictions (none: the bundled model)")
     options: dict[str, Any] = {}
-    if dataset.startswith("procedural-"):
+    if dataset in PROCEDURAL:
         options = {"count": count, "size": (size, size)}
     else:
         if filename_list is not None:
@@ -161,12 +151,14 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         res = processing_res if processing_res is not None else ds.processing_res
         try:
             predict, used = _model_predictor(engine, checkpoint, device, steps, ensemble, timestep_spacing, res,
-                                             seed)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
+                                             seed, batch_size)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
             raise click.UsageError(str(e)) from e
         kind = "engine" if engine else "checkpoint"
-        settings["source"] = {kind: str(sources[0]), **used, "weights": weights_fingerprint(sources[0])}
-        predict = _ModelPredictor(predict, f"prediction of {kind} {sources[0]}")
+        model = engine or checkpoint or default_checkpoint()
+        sources = [model]
+        settings["source"] = {kind: str(model), **used, "weights": weights_fingerprint(model)}
+        predict = _ModelPredictor(predict, f"prediction of {kind} {model}")
     label = label or sources[0].stem or sources[0].name
     out = out or Path("eval") / ds.name / label
     try:
@@ -216,19 +208,12 @@ def table(table: str, folders: tuple[Path, ...], datasets: str | None, no_paper:
 @main.command("datasets")
 def list_datasets() -> None:
     """List the benchmarks with their protocol defaults."""
-    import agdepth.evaluation.readers  # noqa: F401  (registers the real datasets)
-
-    for name in sorted(DATASETS):
-        # the procedural sets are cheap to build; a real reader's class carries the same attributes
-        src = build_dataset(name) if name.startswith("procedural-") else getattr(DATASETS[name], "dataset_class", None)
-        if src is None:
-            click.echo(name)
-            continue
+    for name in DATASETS:
+        src = protocol_defaults(name)
         res = src.processing_res
         click.echo(f"{name}: depth {src.depth_range[0]:g}-{src.depth_range[1]:g} m, processing res "
                    f"{'model default' if res is None else ('native' if res == 0 else res)}, "
                    f"{src.expected_count or '-'} samples")
-
 
 if __name__ == "__main__":
     main()

@@ -3,17 +3,13 @@
 A dataset yields :class:`EvalSample` s (image, metric ground truth, and the mask of scored pixels: valid depth inside
 the dataset's range, and the dataset's crop masks) and carries the protocol defaults of its benchmark: depth range,
 processing resolution, alignment, and the official split size. The readers of the real datasets live in
-:mod:`agdepth.evaluation.readers`; every dataset is reached through :func:`build_dataset`.
+:mod:`agdepth.evaluation.readers`; every dataset is reached by name through :mod:`agdepth.evaluation.registry`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -85,30 +81,3 @@ class ProceduralEvalDataset(EvalDataset):
     def load(self, index: int) -> EvalSample:
         s = render_scene(self.domain, index, size=self.size, split="test")
         return EvalSample(self.names()[index], s.rgb, np.where(s.valid, s.depth, 0).astype(np.float32), s.valid)
-
-
-def _procedural(domain: str, root: str | Path | None = None, **options: Any) -> EvalDataset:
-    return ProceduralEvalDataset(domain, **options)
-
-
-DatasetFactory = Callable[..., EvalDataset]
-DATASETS: dict[str, DatasetFactory] = {f"procedural-{d}": partial(_procedural, d) for d in EVAL_DOMAINS}
-
-
-def register(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
-    def deco(factory: DatasetFactory) -> DatasetFactory:
-        DATASETS[name] = factory
-        return factory
-
-    return deco
-
-
-def build_dataset(name: str, root: str | Path | None = None, **options: Any) -> EvalDataset:
-    """The dataset ``name`` (see :data:`DATASETS`) read from ``root``; options go to its reader."""
-    import agdepth.evaluation.readers  # noqa: F401  (registers the real datasets)
-
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
-    if root is None and not name.startswith("procedural-"):
-        raise ValueError(f"dataset {name!r} needs --data-root (the folder holding its files)")
-    return DATASETS[name](root, **options)

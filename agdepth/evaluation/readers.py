@@ -6,7 +6,8 @@ Marigold (prs-eth/Marigold) ships its evaluation sets as tars (``nyuv2/nyu_label
 those tars was extracted into (the paths in the split list are relative to it), and reads the samples named by the
 split list from Marigold's ``data_split/`` folder. The lists are not shipped with this package: pass
 ``filename_list=...``, or put the list in ``root`` under its Marigold file name (``root/<name>`` or
-``root/data_split/<dataset>/<name>``); each reader's docstring gives the name.
+``root/data_split/<dataset>/<name>``); each reader's docstring gives the name. :mod:`agdepth.evaluation.registry`
+reaches them by name.
 
 Every reader yields :class:`~agdepth.evaluation.datasets.EvalSample` s: the image, the ground truth in metres (0 where
 there is no measurement) and ``mask``, the scored pixels: finite depth strictly inside ``depth_range`` (Marigold's
@@ -32,13 +33,13 @@ from __future__ import annotations
 import errno
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from agdepth.data.base import PathLike, SampleReadError, parse_filename_list, read_png_uint16, read_rgb_uint8
 from agdepth.data.vkitti import KB_CROP_HW, kb_crop_offsets
-from agdepth.evaluation.datasets import DatasetFactory, EvalDataset, EvalSample, register
+from agdepth.evaluation.datasets import EvalDataset, EvalSample
 
 __all__ = [
     "DIODE",
@@ -513,25 +514,5 @@ class DIODEOutdoor(DIODE):
     )
 
 
-# ------------------------------------------------------------------------------------------------ registry
-def _register(name: str, cls: type[MarigoldEvalDataset]) -> DatasetFactory:
-    def factory(root: PathLike, **options: Any) -> EvalDataset:
-        return cls(root, **options)
-
-    factory.__name__ = f"build_{name.replace('-', '_')}"
-    factory.__doc__ = cls.__doc__
-    factory.dataset_class = cls  # type: ignore[attr-defined]  # read by `depth-eval datasets`
-    return register(name)(factory)
-
-
-for _name, _cls in (
-    ("nyu", NYUv2),
-    ("kitti", KITTIEigenTest),
-    ("eth3d", ETH3D),
-    ("scannet", ScanNet),
-    ("diode", DIODE),
-    ("diode-indoor", DIODEIndoor),
-    ("diode-outdoor", DIODEOutdoor),
-):
-    _register(_name, _cls)
-del _name, _cls
+READERS: tuple[type[MarigoldEvalDataset], ...] = (NYUv2, KITTIEigenTest, ETH3D, ScanNet, DIODE, DIODEIndoor,
+                                                DIODEOutdoor)

@@ -14,6 +14,8 @@ import click
 from agdepth.export import MANIFEST, ExportOptions, build_engines_only, export_checkpoint, foreign_files
 from agdepth.export.tensorrt_build import tensorrt_status
 
+_DEFAULTS = ExportOptions()  # the CLI's defaults are the Python API's
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -23,21 +25,21 @@ from agdepth.export.tensorrt_build import tensorrt_status
 @click.option("--fp16", is_flag=True, help="Also write fp16 graphs, checked end to end against fp32: *.fp16.onnx for "
               "ONNX Runtime (norms, softmax, timestep embedding kept fp32) and *.fp16-trt.onnx for TensorRT (attention "
               "in fp16, so TensorRT can fuse it); with TensorRT and a CUDA device, also the engines.")
-@click.option("--max-resolution", type=int, default=1024, show_default=True,
+@click.option("--max-resolution", type=int, default=_DEFAULTS.max_resolution, show_default=True,
               help="Largest padded image side (pixels) the graphs are validated and recorded for.")
 @click.option("--opt-resolution", type=int, default=None,
               help="Most common side (TensorRT's opt shape). Default: the checkpoint's processing resolution.")
 @click.option("--min-resolution", type=int, default=None, help="Smallest side. Default: 2 latent pixels.")
-@click.option("--max-batch", type=int, default=10, show_default=True,
+@click.option("--max-batch", type=int, default=_DEFAULTS.max_batch, show_default=True,
               help="Most rows per network call (ensemble members × images).")
 @click.option("--static", is_flag=True, help="One shape only (for CUDA graphs): --opt-batch rows of a square canvas of "
               "--opt-resolution px; the runtime pads rows and images to it.")
 @click.option("--opt-batch", type=int, default=None,
               help="Most common rows per call (TensorRT's opt shape; the only batch with --static). Default: the "
               "checkpoint's ensemble size.")
-@click.option("--fp16-tolerance", type=float, default=0.005, show_default=True,
+@click.option("--fp16-tolerance", type=float, default=_DEFAULTS.fp16_tolerance, show_default=True,
               help="Largest accepted AbsRel between fp16 and fp32 depth maps.")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out (a symlink stays a link: the "
               "folder it points to is replaced). Refused if --out holds files an export did not write.")
 @click.option("--force", is_flag=True, help="--overwrite even if --out holds files an export did not write (they are "

@@ -19,38 +19,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image
+from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
 from agdepth.runtime.outputs import OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
 from agdepth.runtime.writer import BackgroundWriter, OutputWriteError
-
-MAX_SEED = 2**62  # seeds are offset by each image's index and must stay within torch's 64-bit range
-
-
-def torch_device(name: str) -> str:
-    """--device: ``auto`` is CUDA when PyTorch sees a GPU, else the CPU; ``cuda`` without a GPU is a usage error."""
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda: PyTorch sees no CUDA GPU here (use --device cpu or auto)")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def load_pipeline(engine: Path | None, device: str = "cpu") -> DepthPipeline:
-    """--engine: .onnx / engines dir -> ONNX Runtime, checkpoint dir -> PyTorch on ``device``, none -> the bundled
-    model on PyTorch."""
-    if engine is None:
-        from agdepth import default_checkpoint
-
-        return DepthPipeline.from_checkpoint(default_checkpoint(), device=device)
-    if engine.suffix == ".plan":  # TensorRT runs on the CUDA device; without one the backend says so in one line
-        import torch
-
-        if device == "cpu" and torch.cuda.is_available():
-            raise click.UsageError("--device cpu: TensorRT engines run on a CUDA device (drop --device)")
-        return DepthPipeline.from_engine(engine)
-    return DepthPipeline.from_engine(engine, device=device)
 
 
 def _backend_name(pipe: DepthPipeline) -> str:
@@ -61,23 +33,9 @@ def _backend_name(pipe: DepthPipeline) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, type=str)
-@click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="unet.onnx / unet.fp16.onnx (ONNX Runtime), a *.plan engine (TensorRT), an engines or checkpoint "
-                   "directory. Default: the bundled model on PyTorch.")
+@model_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the PyTorch backend runs (auto: CUDA if PyTorch sees a GPU). ONNX Runtime picks its own "
-                   "execution provider; TensorRT always runs on the GPU.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps. Default: the model's.")
-@click.option("--ensemble", type=click.IntRange(min=1), default=None,
-              help="Ensemble members per image. Default: the model's.")
-@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None)
-@click.option("--processing-res", type=click.IntRange(min=0), default=None,
-              help="Longer side the networks see (0 = native). Default: the model's.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Most rows (members × images) per network call; images go through in groups that fit.")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Initial noise seed; image i of the run uses seed + i, so a resumed run equals a whole one.")
+@inference_options
 @click.option("--formats", default="png16,npy,color", show_default=True,
               help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}.")
 @click.option("--uncertainty", is_flag=True, help="Also write <name>_uncertainty.png (needs --ensemble > 1).")
@@ -85,10 +43,11 @@ def _backend_name(pipe: DepthPipeline) -> str:
 @click.option("--overwrite", is_flag=True,
               help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
                    "skips images whose outputs are complete.")
-def main(inputs: tuple[str, ...], engine: Path | None, out: Path, device: str, steps: int | None,
-         ensemble: int | None, timestep_spacing: str | None, processing_res: int | None, batch_size: int, seed: int,
-         formats: str, uncertainty: bool, recursive: bool, overwrite: bool) -> None:
-    """Predict depth for image files and folders (INPUT...)."""
+def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
+         steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None, seed: int,
+         batch_size: int, formats: str, uncertainty: bool, recursive: bool, overwrite: bool) -> None:
+    """Predict depth for image files and folders (INPUT...). Image i of the run uses seed + i, so a resumed run
+    equals a whole one; images go through in groups that fit --batch-size."""
     t_start = time.perf_counter()
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
@@ -101,7 +60,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, out: Path, device: str, s
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     try:
-        pipe = load_pipeline(engine, torch_device(device))
+        pipe = open_pipeline(engine, checkpoint, device)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -114,7 +73,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, out: Path, device: str, s
     d = pipe.backend.defaults
     if (steps is None and "steps" in d.assumed) or (processing_res is None and "processing_resolution" in d.assumed):
         click.echo(f"note: {d.describe_assumed()} (--steps, --processing-res)", err=True)
-    settings = {"model": str(engine.resolve()) if engine else "bundled", "steps": steps_, "ensemble": ens,
+    settings = {"model": model_label(engine, checkpoint), "steps": steps_, "ensemble": ens,
                 "timestep_spacing": spacing, "processing_res": res, "seed": seed}
     try:
         plan = plan_outputs(jobs, out, settings, overwrite)

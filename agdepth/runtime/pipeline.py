@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +24,6 @@ from agdepth.ensemble import ensemble_depth
 from agdepth.networks import LATENT_CHANNELS
 from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import ImageInput, as_image_list, image_size, preprocess, processed_size, resize, unpad
-
-if TYPE_CHECKING:
-    from agdepth.artifacts.manifest import Manifest
 
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
@@ -72,12 +68,6 @@ def _stack_or_list(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
 
-def _onnx_backend(manifest: Manifest | Path, precision: str, providers: list[str] | None) -> DepthBackend:
-    from agdepth.runtime.backends.onnx_backend import OnnxBackend  # onnxruntime only when actually needed
-
-    return OnnxBackend(manifest, precision, providers)
-
-
 class DepthPipeline:
     """Monocular depth from RGB with a Marigold-style latent diffusion model, on any :class:`DepthBackend`."""
 
@@ -89,37 +79,18 @@ class DepthPipeline:
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> DepthPipeline:
         """PyTorch backend over a checkpoint directory (agdepth layout or an official Marigold directory)."""
-        from agdepth.runtime.backends.torch_backend import TorchBackend  # diffusers only when actually needed
+        from agdepth.runtime.backends import open_checkpoint
 
-        return cls(TorchBackend.from_checkpoint(path, device=device, dtype=dtype))
+        return cls(open_checkpoint(path, device=device, dtype=dtype))
 
     @classmethod
     def from_engine(cls, path: str | Path, providers: list[str] | None = None,
                     device: str | torch.device | None = None) -> DepthPipeline:
-        """Backend chosen by what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and
-        settings from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory
-        -> PyTorch on ``device`` (default CPU); ``*.plan`` -> TensorRT on ``device`` (default ``cuda``; the engines of
-        the manifest beside it, NaN/Inf checked with the fp32 decoder as fallback; a clear error without TensorRT)."""
-        path = Path(path)
-        if path.suffix == ".plan":
-            from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
+        """The backend :func:`agdepth.runtime.backends.open_backend` picks for ``path`` (``*.onnx``, ``*.plan``, an
+        engines directory or a checkpoint directory)."""
+        from agdepth.runtime.backends import open_backend
 
-            return cls(TensorRTBackend(path.parent, device=device or "cuda"))
-        if path.is_dir():
-            if (path / "manifest.json").is_file():
-                return cls(_onnx_backend(path, "fp32", providers))
-            if (path / "model_index.json").is_file() or (path / "unet").is_dir():
-                return cls.from_checkpoint(path, device=device or "cpu")
-            raise FileNotFoundError(f"{path} has neither manifest.json (depth-export output) nor model_index.json")
-        if path.suffix != ".onnx":
-            raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .plan or a directory)")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-        from agdepth.artifacts.manifest import Manifest
-
-        manifest = Manifest.load(path.parent)
-        _, precision = manifest.precision_of(path)
-        return cls(_onnx_backend(manifest, precision, providers))
+        return cls(open_backend(path, providers=providers, device=device))
 
     # ------------------------------------------------------------------ helpers
 

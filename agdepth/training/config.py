@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.training.losses import LossWeights
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -88,14 +89,12 @@ class DataConfig:
     log_samples: bool = False  # debug: each rank logs the sample names it read and its final weight digest
 
 
-@dataclass
-class InferenceDefaults:
-    """Written into the checkpoint's model_index.json (as Marigold v1.1 does) for the runtime to use."""
-
-    denoising_steps: int = 1
-    ensemble_size: int = 1
-    timestep_spacing: str = "trailing"
-    processing_resolution: int = 128
+# The `inference` section (a RuntimeDefaults, written into the checkpoint's model_index.json as Marigold v1.1 does) for
+# keys a config omits: the tiny preset's few-step setting. RuntimeDefaults' own field defaults are something else,
+# the fallbacks for a model_index.json that sets nothing.
+CONFIG_INFERENCE = RuntimeDefaults(steps=1, ensemble_size=1, timestep_spacing="trailing", processing_resolution=128)
+# RuntimeDefaults' fields a config may set (`assumed` is the runtime's record of what no file gave)
+INFERENCE_KEYS = ("steps", "ensemble_size", "timestep_spacing", "processing_resolution")
 
 
 @dataclass
@@ -108,7 +107,7 @@ class TrainConfig:
     autoencoder: dict[str, Any] = field(default_factory=dict)  # DepthAutoencoder constructor arguments
     data: DataConfig = field(default_factory=DataConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
-    inference: InferenceDefaults = field(default_factory=InferenceDefaults)
+    inference: RuntimeDefaults = CONFIG_INFERENCE  # frozen, so one shared instance is safe
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -116,7 +115,9 @@ class TrainConfig:
         return self.stages.get(name, StageConfig())
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["inference"] = {k: d["inference"][k] for k in INFERENCE_KEYS}  # no `assumed`: stays a loadable config
+        return d
 
 
 def _tuples(v: Any) -> Any:
@@ -148,6 +149,18 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _build_inference(d: Any) -> RuntimeDefaults:
+    """The `inference` section; keys it omits come from CONFIG_INFERENCE."""
+    if isinstance(d, dict):
+        if "denoising_steps" in d:
+            raise ValueError("config key inference.denoising_steps is now inference.steps: rename it to `steps`")
+        unknown = set(d) - set(INFERENCE_KEYS)
+        if unknown:  # before _build, which would accept `assumed`
+            raise ValueError(f"unknown key(s) in config section 'inference': {', '.join(sorted(unknown))}")
+        d = {**{k: getattr(CONFIG_INFERENCE, k) for k in INFERENCE_KEYS}, **d}
+    return _build(RuntimeDefaults, d, "inference")
+
+
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = copy.deepcopy(d)
     data = d.pop("data", {}) or {}
@@ -159,7 +172,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r} in config; stages are {', '.join(STAGES)}")
         stages[name] = _build(StageConfig, s or {}, f"stages.{name}")
-    inference = _build(InferenceDefaults, d.pop("inference", {}) or {}, "inference")
+    inference = _build_inference(d.pop("inference", {}) or {})
     cfg = _build(TrainConfig, d, "top level")
     cfg.data, cfg.stages, cfg.inference = data_cfg, stages, inference
     if cfg.preset not in ("tiny", "sd2"):

@@ -7,6 +7,7 @@ Tensors cross the interface as torch tensors on :attr:`DepthBackend.device` in :
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -141,4 +142,50 @@ class BackendBase:
             self._shapes.check(batch, height, width)
 
 
-__all__ = ["BackendBase", "DepthBackend", "NonFiniteOutputError", "RuntimeDefaults"]
+ENGINE_KINDS = "*.onnx (ONNX Runtime), *.plan (TensorRT), an engines directory or a checkpoint directory"
+
+
+def open_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> DepthBackend:
+    """PyTorch over a checkpoint directory (agdepth layout or an official Marigold directory)."""
+    from agdepth.runtime.backends.torch_backend import TorchBackend  # diffusers only when actually needed
+
+    return TorchBackend.from_checkpoint(checkpoint, device=device, dtype=dtype)
+
+
+def _onnx_backend(manifest: Any, precision: str, providers: list[str] | None) -> DepthBackend:
+    from agdepth.runtime.backends.onnx_backend import OnnxBackend  # onnxruntime only when actually needed
+
+    return OnnxBackend(manifest, precision, providers)
+
+
+def open_backend(path: str | Path, providers: list[str] | None = None,
+                 device: str | torch.device | None = None) -> DepthBackend:
+    """The backend for what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and settings
+    from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory -> PyTorch on
+    ``device`` (default CPU); ``*.plan`` -> TensorRT on ``device`` (default ``cuda``; the engines of the manifest
+    beside it, NaN/Inf checked with the fp32 decoder as fallback; a clear error without TensorRT)."""
+    path = Path(path)
+    if path.suffix == ".plan":
+        from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path.parent, device=device or "cuda")
+    from agdepth.artifacts.manifest import MANIFEST, Manifest
+
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return _onnx_backend(path, "fp32", providers)
+        if (path / "model_index.json").is_file() or (path / "unet").is_dir():
+            return open_checkpoint(path, device=device or "cpu")
+        raise FileNotFoundError(f"{path} has neither {MANIFEST} (depth-export output) nor model_index.json")
+    if path.suffix != ".onnx":
+        raise ValueError(f"{path}: unknown engine type {path.suffix!r} (expected {ENGINE_KINDS})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    manifest = Manifest.load(path.parent)
+    _, precision = manifest.precision_of(path)
+    return _onnx_backend(manifest, precision, providers)
+
+
+__all__ = ["ENGINE_KINDS", "BackendBase", "DepthBackend", "NonFiniteOutputError", "RuntimeDefaults", "open_backend",
+           "open_checkpoint"]
