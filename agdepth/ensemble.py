@@ -1,14 +1,47 @@
 """Test-time ensembling of affine-invariant depth predictions (Marigold / diffusers ``ensemble_depth``), batched.
 
-Objective per image with members ``d_i`` (diffusers ``MarigoldDepthPipeline.ensemble_depth``)::
+Every method aligns the members ``d_i`` of an image by a per-member scale and shift, reduces the aligned members
+``s_i d_i + t_i`` per pixel (median + MAD, or mean + std) and renormalises the result to [0, 1] by its min and max
+(scale-only: by its max), dividing the uncertainty by the same range. The methods (``method=``, in
+:data:`ENSEMBLE_METHODS`) differ in how they choose ``s, t``; they solve on a nearest-exact copy whose longer side is
+at most ``max_res`` and apply the parameters at full resolution.
+
+``"least_squares"`` (the default): each member is fitted by least squares to a common reference ``r``, the reduction
+of the aligned members, alternating until ``r`` settles::
+
+    r <- normalise(reduce_i((d_i - mean(d_i)) / std(d_i)))        start: the standardised members
+    repeat:  s_i, t_i = argmin_{s,t} mean((s d_i + t - r)^2)     closed form: s_i = cov(d_i, r) / var(d_i),
+                                                                 t_i = mean(r) - s_i mean(d_i)
+             r <- normalise(reduce_i(s_i d_i + t_i))             normalise: mean 0, std 1
+
+per image, until a fit moves the aligned members by at most ``tol`` (max abs, in units of ``r``'s std; ``r`` then
+moves by no more) or ``max_iter`` times. Scale-only: no shift, ``s_i = <d_i, r> / <d_i, d_i>``, and ``r``
+normalised to root mean square 1. With the mean reduction this minimises the members' summed squared distance to
+their consensus (generalised Procrustes alignment: the fixed point is the first principal component of the
+standardised members); the median is its robust counterpart. It is well conditioned: the fit is a smooth function of
+the members' means and covariances, which any one pixel sways by O(1/pixels); a pixelwise median or mean moves by no
+more than its inputs; min/max renormalisation moves by at most 4x its input's change over the range. So members that
+change by ``delta`` (max abs) change the output by ``O(delta / range of a member)``: measured ~2 delta, at most 4, on
+the bundled model's members, where diffusers' objective reaches 3e4 delta
+(benchmarks/results/ensemble_conditioning.md). The iteration contracts by roughly the members' disagreement over
+their spread: a few iterations (3-5 measured); exact affine copies of one map converge in one. (Members without a
+common map, e.g. independent noise, have no well-defined consensus: slow contraction, up to ``max_iter``.)
+``regularizer_strength`` is not used.
+
+``"lbfgs"``: diffusers' ``MarigoldDepthPipeline.ensemble_depth`` objective::
 
     f(s, t) = sum_{i<j} RMSE(s_i d_i + t_i, s_j d_j + t_j) + lambda * (|min m| + |1 - max m|)
 
-with ``m`` the per-pixel median (or mean) of the aligned members, solved on a copy whose longer side is at most
-``max_res``; the found ``s, t`` are applied at full resolution, the members reduced (median + MAD, or mean + std)
-and the result renormalised to [0, 1].
+with ``m`` the per-pixel median (or mean) of the aligned members, solved exactly (below). It is ill-conditioned: the
+range term hinges on single extreme pixels of ``m``, so near-equal alignments compete and members that differ by
+1e-6 can give ensembled maps 5e-2 apart. Kept for compatibility with diffusers (and compared with it by
+``depth-bench ensemble``).
 
-How this solves it (and why it differs from diffusers' finite-difference BFGS loop):
+``"diffusers"``: diffusers' own ``MarigoldDepthPipeline.ensemble_depth`` (scipy's BFGS with finite differences on
+that objective, stopped after ``max_iter`` iterations), called per image: equal to diffusers' output, for code that
+needs exactly diffusers' numbers. It is slow and as ill-conditioned as the objective.
+
+How the ``"lbfgs"`` method solves the objective (and why it differs from diffusers' finite-difference BFGS loop):
 
 * The pairwise term depends on the members only through their means and E x E covariance, computed once; each
   evaluation is then O(E^2) instead of O(E^2 * pixels), with an exact gradient.
@@ -45,6 +78,13 @@ _SQRT_EPS = 1e-30  # keeps d sqrt(x)/dx finite at perfectly aligned pairs
 # _FULL_PASS * range since the last one (tuned on 768x768, E=10: few refreshes, small candidate sets)
 _MARGIN, _FULL_PASS = 0.05, 0.2
 _REDO = 8  # candidates per end re-evaluated exactly (float32 scan order may differ from the exact one near ties)
+_VAR_EPS = 1e-30  # least squares: a constant member (variance 0) gets scale 0, not NaN
+
+ENSEMBLE_METHODS: tuple[str, ...] = ("least_squares", "lbfgs", "diffusers")
+DEFAULT_METHOD = "least_squares"
+# (max_iter, tol) when the caller gives None: "diffusers" takes diffusers' own defaults, so it reproduces its numbers
+METHOD_DEFAULTS: dict[str, tuple[int, float]] = {"least_squares": (50, 1e-6), "lbfgs": (50, 1e-6),
+                                                  "diffusers": (2, 1e-3)}
 
 
 # ----------------------------------------------------------------------------------------------------------- layout
@@ -64,6 +104,17 @@ def _check(reduction: str, scale_invariant: bool, shift_invariant: bool) -> None
         raise ValueError(f"Unrecognized reduction method: {reduction}.")
     if shift_invariant and not scale_invariant:
         raise ValueError("Pure shift-invariant ensembling is not supported.")  # as diffusers
+
+
+def _check_method(method: str) -> None:
+    if method not in ENSEMBLE_METHODS:
+        choices = ", ".join(map(repr, ENSEMBLE_METHODS))
+        raise ValueError(f"Unknown ensembling method {method!r}; choose one of {choices}.")
+
+
+def _stopping(method: str, max_iter: int | None, tol: float | None) -> tuple[int, float]:
+    default_iter, default_tol = METHOD_DEFAULTS[method]
+    return (default_iter if max_iter is None else int(max_iter)), (default_tol if tol is None else float(tol))
 
 
 def _reduce(a: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -412,6 +463,59 @@ def _lbfgs(
     return x, f, it
 
 
+# ------------------------------------------------------------------------------------------ least-squares method
+def _normalise_reference(r: torch.Tensor, shift: bool) -> torch.Tensor:
+    """r (work dtype, [P]) with mean 0 and std 1 (scale-only: root mean square 1)."""
+    if shift:
+        r = r - r.mean()
+    return r / r.square().mean().sqrt().clamp(min=_SQRT_EPS)
+
+
+def _least_squares_one(
+    x: torch.Tensor, shift: bool, reduction: str, max_iter: int, tol: float, wd: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One image's members x [E,P] (float32): (scales, shifts) [E] in the work dtype and the iterations run."""
+    e, p = x.shape
+    xw = x.to(wd)
+    mu = xw.mean(-1) if shift else xw.new_zeros(e)
+    xc = xw - mu[:, None]  # centred members (scale-only: as they are)
+    var = xc.square().mean(-1).clamp(min=_VAR_EPS)  # variance (scale-only: mean square)
+    lo, hi = xw.amin(-1), xw.amax(-1)
+
+    def reference(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # aligned in float32, as ensemble_depth does
+        a = s.float()[:, None] * x + t.float()[:, None]
+        return _normalise_reference(_reduce(a[None], reduction)[0].to(wd), shift)
+
+    s = var.rsqrt()  # start: the standardised members (std 1, the reference's units)
+    t = -s * mu
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - reported
+        r = reference(s, t)
+        s_new = (xc @ r) / p / var  # r has mean 0 when shift
+        t_new = -s_new * mu
+        # how far the fit moved any aligned pixel (linear in d: attained at a member's min or max)
+        ds, dt = s_new - s, t_new - t
+        moved = float(torch.maximum((ds * lo + dt).abs(), (ds * hi + dt).abs()).max())
+        s, t = s_new, t_new
+        if moved <= tol:  # the next reference would move by at most about this much
+            break
+    return s, t, it
+
+
+def _solve_least_squares(
+    d: torch.Tensor, shift_invariant: bool, reduction: str, max_iter: int, tol: float, max_res: int | None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The least-squares method on float32 [N,E,H,W] (scale-invariant cases): (scales, shifts) [N,E] float32 and
+    the iterations per image. One image at a time: bounded memory, and a batch gives exactly its images' results."""
+    n, e = d.shape[:2]
+    wd = _work_dtype(d.device)
+    x = _resize_max_edge(d, max_res).reshape(n, e, -1)
+    sols = [_least_squares_one(x[k], shift_invariant, reduction, max_iter, tol, wd) for k in range(n)]
+    s = torch.stack([v[0] for v in sols]).float()
+    t = torch.stack([v[1] for v in sols]).float() if shift_invariant else torch.zeros_like(s)
+    return s, t, {"iterations": [v[2] for v in sols]}
+
+
 # ------------------------------------------------------------------------------------------------------------- API
 def _solve(
     d: torch.Tensor, shift_invariant: bool, reduction: str, regularizer_strength: float, max_iter: int, tol: float,
@@ -443,21 +547,35 @@ def solve_alignment(
     shift_invariant: bool = True,
     reduction: str = "median",
     regularizer_strength: float = 0.02,
-    max_iter: int = 50,
-    tol: float = 1e-6,
+    max_iter: int | None = None,
+    tol: float | None = None,
     max_res: int | None = 1024,
+    *,
+    method: str = "lbfgs",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member scales and shifts [N,E] (float32, input device) minimising diffusers' alignment objective.
+    """Per-member scales and shifts [N,E] (float32, input device): by default those minimising diffusers' alignment
+    objective (``method="lbfgs"``, as :func:`ensemble_objective` evaluates it), or ``method="least_squares"``
+    (``"diffusers"``' own solver returns no parameters).
 
-    Returned in the unit-range gauge (see the module docstring): ``s_i d_i + t_i`` reduced over members spans
-    [0, 1] (scale-only: max 1, shifts 0); absolute predictions get ones and zeros. Layouts as :func:`ensemble_depth`
-    (diffusers' [E,1,H,W] gives [1,E]).
+    ``"lbfgs"`` returns them in the unit-range gauge (see the module docstring): ``s_i d_i + t_i`` reduced over
+    members spans [0, 1] (scale-only: max 1, shifts 0); ``"least_squares"`` in its reference's gauge (mean 0, std 1;
+    scale-only: root mean square 1, shifts 0). Either way ``ensemble_depth(depth, params=...)`` gives that method's
+    output. Absolute predictions get ones and zeros. Layouts as :func:`ensemble_depth` (diffusers' [E,1,H,W] gives
+    [1,E]).
     """
     _check(reduction, scale_invariant, shift_invariant)
+    _check_method(method)
+    max_iter, tol = _stopping(method, max_iter, tol)
+    if method == "diffusers":
+        raise ValueError("solve_alignment: diffusers' ensemble_depth returns no parameters; method='lbfgs' solves the "
+                         "same objective")
     d = _to_nehw(depth)
     if not scale_invariant:  # absolute predictions: nothing to align
         return d.new_ones(d.shape[:2]), d.new_zeros(d.shape[:2])
-    s, t, _ = _solve(d, shift_invariant, reduction, regularizer_strength, max_iter, tol, max_res)
+    if method == "least_squares":
+        s, t, _ = _solve_least_squares(d, shift_invariant, reduction, max_iter, tol, max_res)
+    else:
+        s, t, _ = _solve(d, shift_invariant, reduction, regularizer_strength, max_iter, tol, max_res)
     return s, t
 
 
@@ -468,13 +586,16 @@ def ensemble_depth(
     output_uncertainty: bool = False,
     reduction: str = "median",
     regularizer_strength: float = 0.02,
-    max_iter: int = 50,
-    tol: float = 1e-6,
+    max_iter: int | None = None,
+    tol: float | None = None,
     max_res: int | None = 1024,
     *,
+    method: str = DEFAULT_METHOD,
     params: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Align and ensemble depth members; diffusers' ``MarigoldDepthPipeline.ensemble_depth``, batched.
+    """Align and ensemble depth members, batched: a well-conditioned least-squares alignment by default;
+    ``method="diffusers"`` is diffusers' ``MarigoldDepthPipeline.ensemble_depth`` itself, ``"lbfgs"`` its objective
+    solved exactly.
 
     Args:
         depth: [N,E,H,W] (N images, E members each), [N,E,1,H,W], or diffusers' [E,1,H,W] (one image).
@@ -482,11 +603,18 @@ def ensemble_depth(
             no renormalisation; diffusers documents this but raises). Shift-only raises, as diffusers.
         output_uncertainty: also return median absolute deviation (median) or standard deviation (mean).
         reduction: "median" | "mean".
-        regularizer_strength: the objective's lambda.
-        max_iter, tol: L-BFGS iterations at most; per image, stop once an iteration lowers the objective by at most
-            ``tol * max(1, |f|)`` or the gradient's max-norm is at most ``tol``.
+        regularizer_strength: the diffusers objective's lambda (not used by ``"least_squares"``).
+        max_iter, tol: per image; None: the method's defaults (:data:`METHOD_DEFAULTS`: 50 and 1e-6, diffusers'
+            2 and 1e-3 for ``"diffusers"``). ``"least_squares"``: fits to the reference at most; stop once a fit
+            moves the aligned members by at most ``tol`` (max abs, in units of the reference's std). ``"lbfgs"``: L-BFGS
+            iterations at most; stop once an iteration lowers the objective by at most ``tol * max(1, |f|)`` or the
+            gradient's max-norm is at most ``tol``.
         max_res: alignment is solved on a nearest-exact copy whose longer side is at most this (None: full size).
-        params: precomputed (scales, shifts) [N,E] from :func:`solve_alignment`; skips the solve.
+        method: the alignment, one of :data:`ENSEMBLE_METHODS` (see the module docstring): ``"least_squares"``
+            (default; well conditioned), ``"lbfgs"`` (diffusers' objective, solved exactly) or ``"diffusers"``
+            (diffusers' own function, for its exact numbers).
+        params: precomputed (scales, shifts) [N,E], e.g. ``solve_alignment(depth, method=...)`` (whose default is
+            ``"lbfgs"``); skips the solve (``method`` is then only validated).
 
     Returns:
         depth [N,1,H,W] in [0,1] (affine: (m - min) / range; scale-only: m / max) and the uncertainty divided by the
@@ -494,10 +622,17 @@ def ensemble_depth(
         renormalised input and a zero uncertainty (diffusers gives NaN std for ``reduction="mean"``).
     """
     _check(reduction, scale_invariant, shift_invariant)
+    _check_method(method)
+    max_iter, tol = _stopping(method, max_iter, tol)
     d = _to_nehw(depth)
     n, e = d.shape[:2]
+    if method == "diffusers" and params is None and scale_invariant:
+        return _diffusers_ensemble(d, shift_invariant, output_uncertainty, reduction, regularizer_strength, max_iter,
+                                   tol, max_res)
     if params is None and not scale_invariant:
         params = d.new_ones(n, e), d.new_zeros(n, e)
+    elif params is None and method == "least_squares":
+        params = _solve_least_squares(d, shift_invariant, reduction, max_iter, tol, max_res)[:2]
     elif params is None:
         params = _solve(d, shift_invariant, reduction, regularizer_strength, max_iter, tol, max_res)[:2]
     s, t = (p.to(d).reshape(n, e, 1, 1) for p in params)
@@ -517,3 +652,20 @@ def ensemble_depth(
     lo = m.amin(dim=(-2, -1), keepdim=True) if shift_invariant else torch.zeros_like(hi)
     rng = (hi - lo).clamp(min=_RANGE_EPS)
     return (m - lo) / rng, (None if unc is None else unc / rng)
+
+
+def _diffusers_ensemble(d: torch.Tensor, shift_invariant: bool, output_uncertainty: bool, reduction: str,
+                        regularizer_strength: float, max_iter: int, tol: float, max_res: int | None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """diffusers' ``MarigoldDepthPipeline.ensemble_depth`` on each image of [N,E,H,W]; [N,1,H,W] results."""
+    from diffusers import MarigoldDepthPipeline
+
+    outs, uncs = [], []
+    for members in d:
+        out, unc = MarigoldDepthPipeline.ensemble_depth(
+            members[:, None], scale_invariant=True, shift_invariant=shift_invariant,
+            output_uncertainty=output_uncertainty, reduction=reduction, regularizer_strength=regularizer_strength,
+            max_iter=max_iter, tol=tol, max_res=max_res)
+        outs.append(out)
+        uncs.append(unc)
+    return torch.cat(outs), (torch.cat(uncs) if output_uncertainty else None)

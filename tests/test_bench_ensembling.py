@@ -21,6 +21,7 @@ def run() -> dict[str, Any]:
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def spy(d: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        assert kw.get("method") == "lbfgs"  # every agdepth call: diffusers' objective
         out = ensemble_depth(d, *args, **kw)
         calls.append((d.clone(), out[0].clone()))
         return out
@@ -85,14 +86,15 @@ def test_relations_catch_a_worse_agdepth(run: dict[str, Any]) -> None:
 
 def test_measures_the_projects_ensemble_depth(run: dict[str, Any]) -> None:
     d, g = ensembling.make_members(SIZE, MEMBERS)
-    direct, _ = ensemble_depth(d)
+    direct, _ = ensemble_depth(d, method="lbfgs")  # the suite compares diffusers' objective, not the default
+    assert ensembling.METHOD == "lbfgs"
     timed = [(m, out) for m, out in run["calls"] if m.shape == d.shape]
     assert len(timed) == len(ensembling.DIFFUSERS_SETTINGS)
     for members, out in timed:
         assert torch.equal(members, d) and torch.equal(out, direct)
     a = run["report"]["results"][0]["agdepth"]
     assert a["output_rmse_vs_gt"] == ensembling.fit_rmse(direct, g)
-    assert a["objective_unit"] == float(ensemble_objective(d, *solve_alignment(d)))
+    assert a["objective_unit"] == float(ensemble_objective(d, *solve_alignment(d, method="lbfgs")))
 
 
 def test_markdown(run: dict[str, Any]) -> None:

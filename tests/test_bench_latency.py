@@ -48,8 +48,9 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_timed_backend_counts_every_network_call_and_leaves_depth_unchanged(pipe: DepthPipeline) -> None:
     images = bench_images(2, 64)
     timed = TimedBackend(pipe.backend)
-    out = DepthPipeline(timed)(images, steps=3, ensemble=2, timestep_spacing="trailing", seed=0)  # type: ignore[arg-type]
-    ref = pipe(images, steps=3, ensemble=2, timestep_spacing="trailing", seed=0)
+    out = DepthPipeline(timed)(images, steps=3, ensemble=2, timestep_spacing="trailing", seed=0,  # type: ignore[arg-type]
+                               batch_size=0)
+    ref = pipe(images, steps=3, ensemble=2, timestep_spacing="trailing", seed=0, batch_size=0)
     np.testing.assert_array_equal(out.depth, ref.depth)
     assert timed.calls == 1 + 3 + 1  # one encode, one U-Net call per step (all 4 rows batched), one decode
     assert timed.calls_by_network == {"encode": 1, "denoise": 3, "decode": 1}

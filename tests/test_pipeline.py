@@ -177,7 +177,7 @@ def test_ensemble_members_plumbing_and_diffusers(pipe: DepthPipeline, ref) -> No
     img, lat = _image(), _latents(1).repeat(3, 1, 1, 1) + 0.3 * _latents(3, seed=9)
     rec = _Recorder(pipe.backend)
     out = DepthPipeline(rec)(img, steps=1, timestep_spacing="trailing", processing_res=RES, ensemble=3, latents=lat,
-                             output_uncertainty=True)
+                             output_uncertainty=True, batch_size=3)
     assert [tuple(x.shape) for x in rec.denoised] == [(3, 8, *LATENT)]  # all members in one U-Net call
     members = ((torch.cat(rec.decoded).clamp(-1, 1) + 1) / 2)[:, 0, :45]  # unpadded: 45×64, [E,PH,PW]
     # the members are diffusers' members
@@ -188,11 +188,13 @@ def test_ensemble_members_plumbing_and_diffusers(pipe: DepthPipeline, ref) -> No
     # ensembled after unpadding, resized after ensembling (diffusers' order), with agdepth.ensemble
     exp_d, exp_u = ensemble_depth(members[None], output_uncertainty=True)
     exp_d, exp_u = (torch.nn.functional.interpolate(x, (50, 70), mode="bilinear")[:, 0] for x in (exp_d, exp_u))
-    assert out.uncertainty is not None and out.depth.shape == out.uncertainty.shape == (1, 50, 70)
+    unc = out.depth_uncertainty
+    assert unc is not None and out.depth.shape == unc.shape == (1, 50, 70)
+    assert out.prediction.shape == out.uncertainty.shape == (1, 50, 70, 1)  # diffusers' np layout
     np.testing.assert_allclose(out.depth, exp_d.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out.uncertainty, exp_u.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(unc, exp_u.numpy(), rtol=0, atol=1e-6)
     assert out.depth.min() >= 0 and out.depth.max() <= 1 and out.depth.max() - out.depth.min() > 0.9
-    assert (out.uncertainty >= 0).all() and out.uncertainty.max() > 0
+    assert (unc >= 0).all() and unc.max() > 0
     # diffusers' own ensembling: same objective, different optimiser (2 finite-difference BFGS steps) -> loosely
     expected = _ref_run(ref, img, 1, "trailing", latents=lat, ensemble_size=3)
     assert np.corrcoef(out.depth.ravel(), expected.ravel())[0, 1] > 0.99
@@ -232,7 +234,7 @@ def test_latents_validation(pipe: DepthPipeline) -> None:
         pipe(img, steps=1, latents=_latents(1), seed=0)
     with pytest.raises(ValueError, match="list of per-image"):
         pipe([img, _image(40, 40)], steps=1, latents=_latents(2))
-    with pytest.raises(ValueError, match="ensemble > 1"):
+    with pytest.raises(ValueError, match="ensemble_size > 1"):
         pipe(img, steps=1, ensemble=1, output_uncertainty=True)
 
 
@@ -249,12 +251,12 @@ def test_batch_size_chunking(pipe: DepthPipeline) -> None:
     imgs = [_image(seed=s) for s in range(3)]
     lat = _latents(6)
     members, rows = {}, {}
-    for bs in (0, 1, 3):  # 0: all 6 rows at once; 1: members of an image split; 3: one whole image (2 rows) per call
+    for bs in (0, 1, 3):  # 0: all 6 rows at once; else `bs` rows per call, sliced as diffusers does
         rec = _Recorder(pipe.backend)
         DepthPipeline(rec)(imgs, steps=2, ensemble=2, latents=lat, batch_size=bs)
         members[bs] = torch.cat(rec.decoded)
         rows[bs] = [x.shape[0] for x in rec.denoised]
-    assert rows == {0: [6, 6], 1: [1] * 12, 3: [2] * 6}
+    assert rows == {0: [6, 6], 1: [1] * 12, 3: [3] * 4}
     for bs in (1, 3):  # compared before ensembling, which amplifies float-rounding differences
         torch.testing.assert_close(members[bs], members[0], rtol=0, atol=1e-5)
     full = pipe(imgs, steps=2, latents=lat[:3]).depth

@@ -270,8 +270,8 @@ def test_model_predictions_with_nan_fail_and_are_saved_for_inspection(tmp_path: 
         out = original(self, *a, **k)
         calls.append(1)
         if len(calls) == 2:
-            out.depth = np.array(out.depth)
-            out.depth[0, 5, 7] = np.nan
+            out.prediction = np.array(out.prediction)
+            out.prediction[0, 5, 7, 0] = np.nan
         return out
 
     monkeypatch.setattr(DepthPipeline, "__call__", nan_on_second_image)

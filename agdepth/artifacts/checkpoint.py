@@ -3,7 +3,7 @@
     checkpoint/
       model_index.json                   # diffusers' MarigoldDepthPipeline index + inference defaults + agdepth info
       unet/  vae/                        # loadable with UNet2DConditionModel / AutoencoderKL .from_pretrained
-      scheduler/scheduler_config.json    # DDIM, v-prediction, Marigold's settings
+      scheduler/scheduler_config.json    # DDIMScheduler (or LCMScheduler), v-prediction, Marigold's settings
       depth_autoencoder/                 # agdepth.depth_autoencoder.DepthAutoencoder (training only)
       empty_text_embedding.safetensors   # [1, L, C]: the text encoder reduced to the one embedding it is used for
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from agdepth.artifacts.defaults import RuntimeDefaults
@@ -37,6 +37,9 @@ from agdepth.schedule import NoiseSchedule
 EMBEDDING_FILE = "empty_text_embedding.safetensors"
 EMBEDDING_KEY = "empty_text_embedding"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' from_pretrained(use_safetensors=True) reads
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+# the diffusers scheduler class that stores (and that diffusers' MarigoldDepthPipeline runs) each kind of schedule
+_SCHEDULER_CLASS = {"ddim": DDIMScheduler, "lcm": LCMScheduler}
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +97,28 @@ def marigold_schedule(timestep_spacing: str = "trailing") -> NoiseSchedule:
     return NoiseSchedule(set_alpha_to_one=False, steps_offset=1, clip_sample=False, timestep_spacing=timestep_spacing)
 
 
-def checkpoint_schedule(scheduler_config: dict[str, Any] | None) -> NoiseSchedule:
-    """The DDIM schedule of a checkpoint: its ``scheduler/scheduler_config.json``, else Marigold's settings with
-    DDIM's default "leading" spacing. The PyTorch backend and the export both take it from here, so a checkpoint
-    without a scheduler config denoises the same before and after export."""
-    return NoiseSchedule.from_config(scheduler_config) if scheduler_config else marigold_schedule("leading")
+def checkpoint_schedule(scheduler_config: dict[str, Any] | None, source: Path | str | None = None) -> NoiseSchedule:
+    """The schedule of a checkpoint: its ``scheduler/scheduler_config.json`` (DDIMScheduler or LCMScheduler), else
+    Marigold's DDIM settings with DDIM's default "leading" spacing. The PyTorch backend and the export both take it
+    from here, so a checkpoint without a scheduler config denoises the same before and after export.
+
+    A scheduler class or setting agdepth does not implement raises one ValueError, prefixed with ``source`` (the
+    config file's path) when given."""
+    if not scheduler_config:
+        return marigold_schedule("leading")
+    try:
+        return NoiseSchedule.from_config(scheduler_config)
+    except ValueError as e:
+        if source is None:
+            raise
+        raise ValueError(f"{source}: {e}") from None
 
 
 def scheduler_config(schedule: NoiseSchedule | None = None, timestep_spacing: str | None = None) -> dict[str, Any]:
     schedule = schedule or marigold_schedule()
     if timestep_spacing is not None:
         schedule = dataclasses.replace(schedule, timestep_spacing=timestep_spacing)
-    return schedule.to_diffusers_config()
+    return schedule.to_diffusers_config()  # with the "_class_name" of the schedule's kind
 
 
 def save_checkpoint(
@@ -137,7 +150,9 @@ def save_checkpoint(
     with atomic_dir(out_dir) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        DDIMScheduler.from_config(scheduler_config(schedule, spacing)).save_pretrained(tmp / "scheduler")
+        sched_cfg = scheduler_config(schedule, spacing)
+        sched_cls = _SCHEDULER_CLASS[NoiseSchedule.from_config(sched_cfg).kind]
+        sched_cls.from_config(sched_cfg).save_pretrained(tmp / "scheduler")
         if depth_autoencoder is not None:
             depth_autoencoder.save_pretrained(tmp / "depth_autoencoder", safe_serialization=True)
         save_file({EMBEDDING_KEY: empty_text_embedding.detach().float().cpu().contiguous()}, tmp / EMBEDDING_FILE)
@@ -146,7 +161,7 @@ def save_checkpoint(
             "_diffusers_version": diffusers.__version__,
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
+            "scheduler": ["diffusers", sched_cls.__name__],
             "text_encoder": [None, None],
             "tokenizer": [None, None],
             "prediction_type": "depth",
@@ -222,17 +237,25 @@ def load_checkpoint(
 ) -> DepthModels:
     """Load an agdepth or official Marigold checkpoint (or an SD2 directory, whose conv_in is expanded).
 
-    A damaged config or weights file raises one ValueError naming it, before diffusers reads anything."""
+    A damaged config or weights file raises one ValueError naming it, before diffusers reads anything; so does a
+    scheduler config whose class (or a setting) agdepth does not implement: only DDIMScheduler and LCMScheduler run.
+    ``extra["scheduler_config"]`` is that config as its diffusers class reads it (diffusers' defaults filled in),
+    with its ``_class_name``."""
     ae_dir = Path(ckpt_dir) / "depth_autoencoder"
     if with_autoencoder and not ae_dir.is_dir():
         raise FileNotFoundError(f"{ae_dir} is missing: this checkpoint has no depth autoencoder")
     check_files(ckpt_dir, ("unet", "vae", "depth_autoencoder") if with_autoencoder else ("unet", "vae"))
+    sched_file = Path(ckpt_dir) / SCHEDULER_CONFIG
+    sched_cls = None
+    if sched_file.is_file():  # the scheduler class is checked before any weights load
+        sched_cls = _SCHEDULER_CLASS[checkpoint_schedule(_read_json(sched_file), source=sched_file).kind]
     models = load_sd2(ckpt_dir, torch_dtype=torch_dtype)
     index = read_model_index(ckpt_dir)
     models.extra["model_index"] = index
-    sched_dir = Path(ckpt_dir) / "scheduler"
-    if (sched_dir / "scheduler_config.json").is_file():
-        models.extra["scheduler_config"] = dict(DDIMScheduler.from_pretrained(sched_dir).config)
+    if sched_cls is not None:
+        # the config's own class reads it: DDIMScheduler would read an LCM config as DDIM (and drop its LCM keys)
+        sched_cfg = dict(sched_cls.from_pretrained(sched_file.parent).config)
+        models.extra["scheduler_config"] = {**sched_cfg, "_class_name": sched_cls.__name__}
     if with_autoencoder:
         from agdepth.depth_autoencoder import DepthAutoencoder
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agdepth.networks import ShapeRange
+from agdepth.schedule import NoiseSchedule
 
 MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"  # cache of Manifest.verify, beside the manifest
@@ -89,6 +90,13 @@ class Manifest:
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing (listed in {self.root / MANIFEST})")
         return p
+
+    def schedule(self) -> NoiseSchedule:
+        """The scheduler the engines run (DDIM or LCM, from the checkpoint they were exported from)."""
+        try:
+            return NoiseSchedule.from_config(self.data["scheduler"])
+        except ValueError as e:
+            raise ValueError(f"{self.root / MANIFEST}: {e}") from None
 
     def precision_of(self, file: Path) -> tuple[str, str]:
         """(network, precision) of one of this manifest's files."""

@@ -46,7 +46,8 @@ def main() -> None:
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="The checkpoint the engines came from. Default: the bundled model.")
 @click.option("--count", type=int, default=5, show_default=True, help="Test scenes per procedural domain.")
-@click.option("--settings", default="1x1,4x1", show_default=True, help="STEPSxENSEMBLE,... (trailing spacing).")
+@click.option("--settings", default="1x1,4x1,1x5,4x10", show_default=True,
+              help="STEPSxENSEMBLE,... (trailing spacing; ensembles with the default ensembling).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def parity(engines: Path, checkpoint: Path | None, count: int, settings: str, json_path: Path | None,

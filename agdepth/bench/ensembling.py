@@ -1,7 +1,9 @@
 """Test-time ensembling: agdepth.ensemble vs diffusers' MarigoldDepthPipeline.ensemble_depth on the same members.
 
-The ``ensemble`` suite of ``depth-bench``. Members: a procedural indoor scene's depth (2%/98% normalised to [0, 1],
-as the training target), mapped per member by a random affine map plus a smooth low-frequency field and pixel noise,
+The ``ensemble`` suite of ``depth-bench``. agdepth runs its ``method="lbfgs"`` (its exact solve of diffusers'
+objective; the default least-squares alignment minimises something else: benchmarks/ensemble_conditioning.py
+compares the two). Members: a procedural indoor scene's depth (2%/98% normalised to [0, 1], as the training target),
+mapped per member by a random affine map plus a smooth low-frequency field and pixel noise,
 clipped to [0, 1] like Marigold's decoder. Both implementations run in one process, interleaved per repeat, on
 identical members (median reduction, lambda 0.02, max_res 1024). diffusers runs twice: with its defaults
 (max_iter=2, tol=1e-3: what the pipeline uses) and with agdepth's (max_iter=50, tol=1e-6). Times are wall-clock
@@ -35,6 +37,7 @@ DIFFUSERS_SETTINGS: dict[str, dict[str, Any]] = {
     "diffusers max_iter=50 tol=1e-6": {"max_iter": 50, "tol": 1e-6},
 }
 DEFAULTS = "diffusers defaults"
+METHOD = "lbfgs"  # agdepth's ensembling method compared: its exact solve of diffusers' objective
 PAPER_SETTING = (768, 10)  # (side, members) of the paper's measurement
 
 
@@ -91,20 +94,21 @@ def bench_size(size: int, members: int, repeats: int, progress: Callable[[str], 
     res: dict[str, Any] = {"size": [size, size], "members": members, "runs": {}}
     times: dict[str, list[float]] = {"agdepth": [], **{k: [] for k in DIFFUSERS_SETTINGS}}
     sols: dict[str, tuple] = {}
-    ensemble_depth(d[:2, :, :32, :32])  # warm-up: torch's lazy init would otherwise land in agdepth's first time
+    # warm-up: torch's lazy init would otherwise land in agdepth's first time
+    ensemble_depth(d[:2, :, :32, :32], method=METHOD)
     for _ in range(repeats):
         for name, kw in DIFFUSERS_SETTINGS.items():  # interleaved, so load changes hit both alike
             out, s, t, dt, info = _run_diffusers(d, **kw)
             times[name].append(dt)
             sols[name] = (out, s, t, info)
             t0 = time.perf_counter()
-            out_a, _ = ensemble_depth(d)
+            out_a, _ = ensemble_depth(d, method=METHOD)
             times["agdepth"].append(time.perf_counter() - t0)
             sols["agdepth"] = (out_a, None, None, {})
         if progress is not None:
             progress(f"  {size}px: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     # objectives are evaluated on the members the solvers saw (both resize to max_res=1024 first, a no-op here)
-    s_a, t_a = solve_alignment(d)
+    s_a, t_a = solve_alignment(d, method=METHOD)
     out_a = sols["agdepth"][0]
     res["agdepth"] = {"time_s_median": statistics.median(times["agdepth"]), "times_s": times["agdepth"],
                       "objective_unit": float(ensemble_objective(d, s_a, t_a)),
@@ -216,5 +220,5 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DIFFUSERS_SETTINGS", "bench_size", "fit_rmse", "make_members", "markdown", "relations",
+__all__ = ["DIFFUSERS_SETTINGS", "METHOD", "bench_size", "fit_rmse", "make_members", "markdown", "relations",
            "run_ensembling"]

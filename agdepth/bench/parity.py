@@ -182,7 +182,7 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
         for name, p in pipes.items():
             t0 = time.perf_counter()
             depth[name] = p(images, steps=steps, ensemble=ens, processing_res=res, timestep_spacing="trailing",
-                            latents=latents).depth
+                            latents=latents, batch_size=0).depth
             secs[name] = time.perf_counter() - t0
         for name in pipes:
             per = [backend_agreement(a, b) for a, b in zip(depth[name], depth["pytorch-fp32"], strict=True)]

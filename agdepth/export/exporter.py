@@ -140,9 +140,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             "shapes": shapes.to_dict(),
             "static": opts.static,
             "networks": networks,
-            # the schedule the PyTorch backend runs (a checkpoint without a scheduler config gets Marigold's)
+            # the schedule the PyTorch backend runs (a checkpoint without a scheduler config gets Marigold's), with
+            # its _class_name (the kind: DDIM or LCM); a manifest without one is read as DDIM
             "scheduler": {k: v for k, v in checkpoint_schedule(sched_cfg).to_diffusers_config().items()
-                          if not k.startswith("_")},
+                          if k == "_class_name" or not k.startswith("_")},
             "defaults": defaults.to_dict(),
             "empty_text_embedding": {"file": EMBEDDING_NPY, "shape": list(emb.shape), "sha256": emb_hash},
             "opset": opts.opset,

@@ -130,7 +130,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
                     timings[stage] += res_.timings[stage]
                 t_io = time.perf_counter()
                 for j, job in enumerate(part):
-                    unc = res_.uncertainty[j] if res_.uncertainty is not None else None
+                    unc = res_.depth_uncertainty[j] if res_.uncertainty is not None else None
                     writer.submit(str(job.source), job.paths, np.asarray(res_.depth[j]), unc)
                     done += 1
                 timings["io"] += time.perf_counter() - t_io

@@ -15,31 +15,63 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from agdepth.artifacts.manifest import MANIFEST
 from agdepth.ensemble import ensemble_depth
 from agdepth.networks import LATENT_CHANNELS
 from agdepth.runtime.backends import DepthBackend
-from agdepth.runtime.preprocess import ImageInput, as_image_list, image_size, preprocess, processed_size, resize, unpad
+from agdepth.runtime.preprocess import (
+    RESAMPLE_METHODS,
+    ImageInput,
+    as_image_list,
+    image_size,
+    preprocess,
+    processed_size,
+    resize,
+    unpad,
+)
 
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
+OUTPUT_TYPES = ("np", "pt")
 
 
 @dataclass
-class DepthOutput:
-    """Affine-invariant depth in [0, 1] at each input's own size.
+class DepthOutput(BaseOutput):
+    """diffusers' ``MarigoldDepthOutput`` plus the time per stage: affine-invariant depth in [0, 1].
 
-    ``depth``/``uncertainty`` are float32 [N,H,W] arrays when all inputs share one size, else lists of [H,W] arrays.
-    ``timings`` holds seconds per stage (:data:`STAGES`) and ``total``.
+    ``prediction``/``uncertainty``: numpy [N,H,W,1] (``output_type="np"``) or torch [N,1,H,W] ("pt"); a list of
+    per-image maps when the inputs have different sizes. ``latent``: the final latents [N·E,4,h,w] with
+    ``output_latent=True``. ``timings``: seconds per stage (:data:`STAGES`) and ``total``.
     """
 
-    depth: np.ndarray | list[np.ndarray]
-    uncertainty: np.ndarray | list[np.ndarray] | None
-    timings: dict[str, float]
+    prediction: np.ndarray | torch.Tensor | list[Any]
+    uncertainty: np.ndarray | torch.Tensor | list[Any] | None = None
+    latent: torch.Tensor | list[torch.Tensor] | None = None
+    timings: dict[str, float] | None = None
+
+    @property
+    def depth(self) -> Any:
+        """The prediction without its channel axis: [N,H,W] (or a list of [H,W] maps)."""
+        return _squeeze_channel(self.prediction)
+
+    @property
+    def depth_uncertainty(self) -> Any:
+        """The uncertainty without its channel axis, or None."""
+        return None if self.uncertainty is None else _squeeze_channel(self.uncertainty)
+
+
+def _squeeze_channel(maps: Any) -> Any:
+    if isinstance(maps, list):
+        return [m[..., 0] if isinstance(m, np.ndarray) else m[0] for m in maps]
+    return maps[..., 0] if isinstance(maps, np.ndarray) else maps[:, 0]
 
 
 class _StageClock:
@@ -84,6 +116,27 @@ class DepthPipeline:
         return cls(open_checkpoint(path, device=device, dtype=dtype))
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, providers: list[str] | None = None,
+                        **kwargs: Any) -> DepthPipeline:
+        """diffusers' loading call: a local Marigold / agdepth checkpoint directory (PyTorch, ``torch_dtype``), or an
+        export (an engines directory, ``*.onnx``, ``*.plan``) as :meth:`from_engine` opens it. No hub downloads:
+        pass a local path. diffusers options this runtime does not implement raise rather than being ignored."""
+        if kwargs:
+            raise TypeError(f"from_pretrained: unsupported argument(s) {', '.join(sorted(kwargs))} (a local directory "
+                            "is loaded in full precision; pass torch_dtype= to cast it)")
+        path = Path(pretrained_model_name_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (from_pretrained loads local directories only)")
+        is_checkpoint = path.is_dir() and not (path / MANIFEST).is_file()
+        if is_checkpoint:
+            return cls.from_checkpoint(path, device=device or "cpu", dtype=torch_dtype or torch.float32)
+        if torch_dtype is not None:
+            raise ValueError(f"{path}: an export's precision is chosen by the graph file (e.g. unet.fp16.onnx), "
+                             "not torch_dtype")
+        return cls.from_engine(path, providers=providers, device=device)
+
+    @classmethod
     def from_engine(cls, path: str | Path, providers: list[str] | None = None,
                     device: str | torch.device | None = None) -> DepthPipeline:
         """The backend :func:`agdepth.runtime.backends.open_backend` picks for ``path`` (``*.onnx``, ``*.plan``, an
@@ -91,6 +144,32 @@ class DepthPipeline:
         from agdepth.runtime.backends import open_backend
 
         return cls(open_backend(path, providers=providers, device=device))
+
+    @property
+    def image_processor(self) -> Any:
+        """diffusers' ``MarigoldImageProcessor`` for this model, for its helpers: ``visualize_depth``,
+        ``visualize_uncertainty``, ``export_depth_to_16bit_png`` (as ``MarigoldDepthPipeline.image_processor``)."""
+        from diffusers.pipelines.marigold import MarigoldImageProcessor
+
+        return MarigoldImageProcessor(vae_scale_factor=self.backend.vae_scale_factor)
+
+    def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
+           dtype: torch.dtype | None = None) -> DepthPipeline:
+        """``pipe.to("cuda")`` / ``pipe.to(torch.float16)`` as in diffusers, for the PyTorch backend; exported
+        engines run where and in the precision they were built for, so moving them raises."""
+        for a in args:
+            if isinstance(a, torch.dtype):
+                dtype = a
+            else:
+                device = a
+        move = getattr(self.backend, "to", None)
+        if move is None:
+            if (device is None or torch.device(device) == self.backend.device) and dtype in (None, self.backend.dtype):
+                return self
+            raise ValueError(f"{type(self.backend).__name__} cannot be moved or cast: open the engine for the device "
+                             "and precision you want (e.g. unet.fp16.onnx, a .plan built on that GPU)")
+        move(device=device, dtype=dtype)
+        return self
 
     # ------------------------------------------------------------------ helpers
 
@@ -148,7 +227,9 @@ class DepthPipeline:
         if processing_res is not None and int(processing_res) < 0:
             raise ValueError(f"processing_res must be >= 0 (0 = native resolution), got {processing_res}")
         res = self._processing_resolution(processing_res)
-        be.schedule.ddim_step_pairs(steps, spacing)  # steps within the schedule, a known spacing
+        if be.schedule.kind == "lcm" and timestep_spacing is not None:
+            raise ValueError(f"timestep_spacing={timestep_spacing!r}: an LCM scheduler has its own timesteps")
+        be.schedule.step_pairs(steps, spacing)  # steps within the schedule, a known spacing
         if res > 0:  # the longer edge, padded as preprocessing will: within the exported range?
             side = self._padded_size((res, res), res)[0]
             be.check_shapes(1, side, side)
@@ -184,112 +265,169 @@ class DepthPipeline:
     @torch.no_grad()  # not inference_mode: ensemble_depth differentiates its alignment objective with autograd
     def __call__(
         self,
-        images: ImageInput | list[ImageInput],
+        image: ImageInput | list[ImageInput],
+        num_inference_steps: int | None = None,
+        ensemble_size: int | None = None,
+        processing_resolution: int | None = None,
+        match_input_resolution: bool = True,
+        resample_method_input: str = "bilinear",
+        resample_method_output: str = "bilinear",
+        batch_size: int = 1,
+        ensembling_kwargs: dict[str, Any] | None = None,
+        latents: torch.Tensor | np.ndarray | list[torch.Tensor] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        output_uncertainty: bool = False,
+        output_latent: bool = False,
+        return_dict: bool = True,
+        *,
+        timestep_spacing: str | None = None,
+        show_progress: bool = False,
         steps: int | None = None,
         ensemble: int | None = None,
         processing_res: int | None = None,
-        timestep_spacing: str | None = None,
-        batch_size: int = 0,
         seed: int | None = None,
-        latents: torch.Tensor | list[torch.Tensor] | None = None,
-        output_uncertainty: bool = False,
-        reduction: str = "median",
-        show_progress: bool = False,
-    ) -> DepthOutput:
-        """Predict depth for one image or a list (PIL images or [H,W,3] / [H,W] numpy arrays; uint8 or float [0,1]).
+        reduction: str | None = None,
+    ) -> DepthOutput | tuple[Any, Any, Any]:
+        """Predict depth: diffusers' ``MarigoldDepthPipeline.__call__``, same arguments, defaults and outputs.
 
         Args:
-            steps, ensemble, processing_res, timestep_spacing: None = the checkpoint's defaults
-                (``backend.defaults``). ``processing_res`` is the longer edge the networks see; 0 = native size.
-            batch_size: at most this many rows per network call (0 = a whole size group at once, or the backend's
-                ``max_batch``). Members of one image share a call whenever batch_size ≥ ensemble.
-            seed: initial noise from ``torch.Generator(backend.device).manual_seed(seed)``, drawn per size group as
-                one ``randn([n·E,4,h,w])`` (exactly diffusers' draw for a single size). None = global RNG.
-            latents: fixed initial noise instead: [N·E,4,h,w] image-major, or a list of per-image [E,4,h,w]
-                (needed when images have different sizes). Excludes ``seed``.
-            output_uncertainty: also return the ensemble's uncertainty (MAD for median, std for mean; ensemble > 1).
-            reduction: "median" or "mean" ensembling.
+            image: a PIL image, a numpy array ([H,W], [H,W,C], [N,H,W,C]; unsigned ints or floats in [0, 1]), a
+                torch tensor ([H,W], [C,H,W], [N,C,H,W]; uint8 or floats in [0, 1]), or a list of them. Unlike
+                diffusers, images of different sizes may share a call (their outputs are then lists).
+            num_inference_steps, ensemble_size, processing_resolution: None = the checkpoint's defaults
+                (``backend.defaults``; a Marigold directory recommends no ensemble size: 1, as diffusers).
+                ``processing_resolution`` is the longer edge the networks see; 0 = native size.
+            match_input_resolution: resize the outputs back to the input size (else: the processing size).
+            resample_method_input, resample_method_output: torch interpolation modes (:data:`RESAMPLE_METHODS`).
+            batch_size: rows (members × images) per network call, sliced as diffusers does; 0 = all of a size
+                group at once (up to the backend's ``max_batch``).
+            ensembling_kwargs: passed to :func:`agdepth.ensemble.ensemble_depth` (``reduction``,
+                ``regularizer_strength``, ``max_iter``, ``tol``, ``max_res``, ``method``).
+            latents: the initial noise, [N·E,4,h,w] image-major (torch or numpy), or a list of per-image [E,4,h,w]
+                tensors (needed when images have different sizes). Excludes ``generator``.
+            generator: a torch.Generator or a list of N·E of them, used as diffusers uses them (the initial noise,
+                and the noise LCM adds between steps). None: the global RNG.
+            output_type: "np" (prediction [N,H,W,1] float32 arrays) or "pt" ([N,1,H,W] tensors).
+            output_uncertainty: also the ensemble's uncertainty (MAD for median, std for mean; ensemble > 1).
+            output_latent: also the final latents [N·E,4,h,w], usable as ``latents=`` of another call.
+            return_dict: False returns the tuple (prediction, uncertainty, latent).
+            timestep_spacing: DDIM timestep spacing (None: the checkpoint's). LCM checkpoints have their own
+                timesteps and refuse one.
+            steps, ensemble, processing_res, seed, reduction: short aliases of ``num_inference_steps``,
+                ``ensemble_size``, ``processing_resolution``, ``generator=torch.Generator(device).manual_seed(seed)``
+                and ``ensembling_kwargs["reduction"]``.
         """
         t_start = time.perf_counter()
         be = self.backend
-        used = {"steps": steps is None, "processing_resolution": processing_res is None}
+        num_inference_steps = _alias(num_inference_steps, steps, "num_inference_steps", "steps")
+        ensemble_size = _alias(ensemble_size, ensemble, "ensemble_size", "ensemble")
+        processing_resolution = _alias(processing_resolution, processing_res, "processing_resolution",
+                                       "processing_res")
+        ens_kwargs = dict(ensembling_kwargs or {})
+        if not isinstance(ensembling_kwargs, (dict, type(None))):
+            raise ValueError("`ensembling_kwargs` must be a dictionary.")
+        if reduction is not None:
+            ens_kwargs["reduction"] = _alias(ens_kwargs.get("reduction"), reduction, "ensembling_kwargs['reduction']",
+                                             "reduction")
+        if ens_kwargs.get("reduction", "median") not in REDUCTIONS:
+            raise ValueError(f"ensembling_kwargs['reduction'] must be one of {REDUCTIONS}, got "
+                             f"{ens_kwargs['reduction']!r}")
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("`seed` and `generator` cannot be used together")
+            generator = torch.Generator(device=be.device).manual_seed(int(seed))
+        used = {"steps": num_inference_steps is None, "processing_resolution": processing_resolution is None}
         if any(used[a] for a in be.defaults.assumed) and not getattr(self, "_warned_assumed", False):
-            warnings.warn(be.defaults.describe_assumed() + " (steps=, processing_res=)", UserWarning, stacklevel=2)
+            warnings.warn(be.defaults.describe_assumed() + " (num_inference_steps=, processing_resolution=)",
+                          UserWarning, stacklevel=2)
             self._warned_assumed = True  # once per pipeline
-        steps, ens, res, spacing = self.check_settings(steps, ensemble, processing_res, timestep_spacing)
-        canvas = be.static_size
+        steps_, ens, res, spacing = self.check_settings(num_inference_steps, ensemble_size, processing_resolution,
+                                                        timestep_spacing)
+        for name, method in (("resample_method_input", resample_method_input),
+                             ("resample_method_output", resample_method_output)):
+            if method not in RESAMPLE_METHODS:
+                raise ValueError(f"`{name}` must be one of {RESAMPLE_METHODS}, got {method!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 = all at once), got {batch_size}")
-        if batch_size == 0 and be.max_batch is not None:
-            batch_size = be.max_batch  # "all at once" up to what the exported networks take
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if output_uncertainty and ens < 2:
-            raise ValueError("output_uncertainty needs ensemble > 1")
-        if latents is not None and seed is not None:
-            raise ValueError("`latents` and `seed` cannot be used together")
-        pairs = be.schedule.ddim_step_pairs(steps, spacing)  # validates steps and spacing
+            raise ValueError("output_uncertainty needs ensemble_size > 1")
+        if latents is not None and generator is not None:
+            raise ValueError("`latents` and `generator` cannot be used together")
+        canvas = be.static_size
+        pairs = be.schedule.step_pairs(steps_, spacing)
         device, dtype = be.device, be.dtype
         clock = _StageClock(device)
 
         # 1. preprocess
         with clock("preprocess"):
-            image_list = as_image_list(images)
+            image_list = as_image_list(image)
+            n_images = len(image_list)
+            if isinstance(generator, list) and len(generator) != n_images * ens:
+                raise ValueError(f"`generator` is a list of {len(generator)}: it must hold one generator per "
+                                 f"ensemble member of every image ({n_images} x {ens})")
             f = be.vae_scale_factor
             for size in {image_size(img) for img in image_list}:  # before resizing: a huge size fails here, cheaply
                 be.check_shapes(1, *self._padded_size(size, res))
-            groups = preprocess(image_list, res, device, dtype, align=f, canvas=canvas)
-            n_images = len(image_list)
+            groups = preprocess(image_list, res, device, dtype, resample_method=resample_method_input, align=f,
+                                canvas=canvas)
             latent_shape: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * n_images
             for g in groups:
                 h, w = g.image.shape[-2] // f, g.image.shape[-1] // f
                 for i in g.indices:
                     latent_shape[i] = (ens, LATENT_CHANNELS, h, w)
+            if isinstance(latents, np.ndarray):
+                latents = torch.from_numpy(latents)
             fixed = None if latents is None else self._latents_per_image(latents, latent_shape)
-            generator = None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
             emb = be.empty_text_embedding.to(device=device, dtype=dtype)
 
-        rows_per_group = [len(g.indices) * ens for g in groups]
-        if batch_size == 0:
-            chunk_rows = list(rows_per_group)
-        else:  # whole images per call when the members fit, else split the members
-            chunk_rows = [batch_size // ens * ens if batch_size >= ens else batch_size] * len(groups)
-        for g, rows, total in zip(groups, chunk_rows, rows_per_group, strict=True):  # fail before any work
-            n_enc = len(g.indices) if batch_size == 0 else min(batch_size, len(g.indices))
-            be.check_shapes(max(min(rows, total), n_enc), *g.image.shape[-2:])
-        n_calls = sum(math.ceil(r / c) for r, c in zip(rows_per_group, chunk_rows, strict=True))
+        if batch_size == 0:  # all at once, up to what the exported networks take
+            batch_size = be.max_batch or max(len(g.indices) for g in groups) * ens
+        for g in groups:  # every call's shape within the exported range, before any work
+            be.check_shapes(min(batch_size, len(g.indices) * ens), *g.image.shape[-2:])
+        n_calls = sum(math.ceil(len(g.indices) * ens / batch_size) for g in groups)
         bar = tqdm(total=n_calls * len(pairs), desc="denoising", disable=not show_progress, leave=False)
-
-        depth: list[np.ndarray | None] = [None] * n_images
-        uncert: list[np.ndarray | None] = [None] * n_images
+        depth: list[torch.Tensor | None] = [None] * n_images
+        uncert: list[torch.Tensor | None] = [None] * n_images
+        final: list[torch.Tensor | None] = [None] * n_images
         try:
-            for g, rows in zip(groups, chunk_rows, strict=True):
-                n = len(g.indices)
+            for g in groups:
+                n, rows = len(g.indices), len(g.indices) * ens
                 # 2. encode each image once, repeat for its members; initial noise (diffusers' prepare_latents)
                 with clock("encode"):
-                    enc_step = n if batch_size == 0 else batch_size
-                    rgb_latent = torch.cat([be.encode(g.image[i : i + enc_step]) for i in range(0, n, enc_step)])
+                    rgb_latent = torch.cat([be.encode(g.image[i : i + batch_size]) for i in range(0, n, batch_size)])
                     rgb_latent = rgb_latent.repeat_interleave(ens, dim=0)  # [n·E,4,h,w], image-major
                     if fixed is not None:
                         noise = torch.cat([fixed[i] for i in g.indices]).to(device=device, dtype=dtype)
-                    else:  # one draw per group, same call as diffusers' randn_tensor
-                        noise = torch.randn(rgb_latent.shape, generator=generator, device=device, dtype=dtype)
+                    else:  # one draw per group, diffusers' call (a list: one generator per member, in order)
+                        gen = generator
+                        if isinstance(generator, list):
+                            gen = [generator[i * ens + k] for i in g.indices for k in range(ens)]
+                        noise = randn_tensor(rgb_latent.shape, generator=gen, device=device, dtype=dtype)
 
-                # 3. DDIM loop, `rows` latents per U-Net call
-                pred = []
-                for r0 in range(0, n * ens, rows):
+                # 3. the denoising loop, `batch_size` rows per U-Net call, as diffusers slices them
+                pred, lat = [], []
+                for r0 in range(0, rows, batch_size):
                     with clock("unet"):
-                        cond = rgb_latent[r0 : r0 + rows]
-                        # DDIM state and update in float32 whatever the network dtype: in fp16/bf16 the ᾱ
+                        cond = rgb_latent[r0 : r0 + batch_size]
+                        # the scheduler's state and update in float32 whatever the network dtype: in fp16/bf16 the ᾱ
                         # coefficients and the x̂0 = √ᾱ·z − √(1−ᾱ)·v cancellation lose most of the precision
-                        z = noise[r0 : r0 + rows].float()
+                        z = noise[r0 : r0 + batch_size].float()
                         b = z.shape[0]
                         text = emb.expand(b, -1, -1)
-                        for t, prev_t in pairs:
+                        for k, (t, prev_t) in enumerate(pairs):
                             ts = torch.full((b,), t, dtype=torch.int64, device=device)
                             v = be.denoise(torch.cat([cond, z.to(dtype)], dim=1), ts, text)
-                            z = be.schedule.ddim_step(v.float(), t, prev_t, z)[0]
+                            step_noise = None
+                            if be.schedule.step_needs_noise(k, len(pairs)):  # LCM: fresh noise, diffusers' draw
+                                step_noise = randn_tensor(v.shape, generator=generator, device=device,
+                                                          dtype=dtype).float()
+                            z = be.schedule.step(v.float(), t, prev_t, z, last=k == len(pairs) - 1,
+                                                 noise=step_noise)[0]
                             bar.update(1)
+                    lat.append(z)
                     with clock("decode"):
                         x = be.decode(z.to(dtype))
                         pred.append((x.clamp(-1.0, 1.0) + 1.0) / 2.0)
@@ -297,33 +435,59 @@ class DepthPipeline:
                 with clock("postprocess"):
                     p = unpad(torch.cat(pred), g.padding)  # [n·E,1,PH,PW]
                     p = p.reshape(n, ens, *p.shape[-2:])
+                    z_all = torch.cat(lat).to(dtype)
                 # 5. ensemble the members of each image
                 u = None
                 if ens > 1:
                     with clock("ensemble"):
-                        p, u = ensemble_depth(p, output_uncertainty=output_uncertainty, reduction=reduction)
-                # 6. back to the input size (bilinear, no antialiasing, as diffusers)
+                        p, u = ensemble_depth(p, output_uncertainty=output_uncertainty, **ens_kwargs)
+                else:
+                    p = p[:, 0:1]
+                # 6. back to the input size (no antialiasing, as diffusers)
                 with clock("postprocess"):
-                    p = resize(p.reshape(n, 1, *p.shape[-2:]), g.original_size, "bilinear")
-                    p_np = p[:, 0].float().cpu().numpy()
-                    u_np = None
+                    p = p.reshape(n, 1, *p.shape[-2:])
+                    if match_input_resolution:
+                        p = resize(p, g.original_size, resample_method_output)
                     if u is not None and output_uncertainty:
-                        u = resize(u.reshape(n, 1, *u.shape[-2:]), g.original_size, "bilinear")
-                        u_np = u[:, 0].float().cpu().numpy()
+                        u = u.reshape(n, 1, *u.shape[-2:])
+                        if match_input_resolution:
+                            u = resize(u, g.original_size, resample_method_output)
                     for j, i in enumerate(g.indices):
-                        depth[i] = p_np[j]
-                        if u_np is not None:
-                            uncert[i] = u_np[j]
+                        depth[i] = p[j]
+                        final[i] = z_all[j * ens : (j + 1) * ens]
+                        if u is not None and output_uncertainty:
+                            uncert[i] = u[j]
         finally:
             bar.close()
 
+        with clock("postprocess"):
+            prediction = _collect(depth, output_type)  # type: ignore[arg-type]
+            uncertainty = _collect(uncert, output_type) if output_uncertainty else None  # type: ignore[arg-type]
+            latent = None
+            if output_latent:
+                same = len({tuple(z.shape) for z in final}) == 1  # type: ignore[union-attr]
+                latent = torch.cat(final) if same else list(final)  # type: ignore[arg-type]
         timings = dict(clock.seconds)
         timings["total"] = time.perf_counter() - t_start
-        return DepthOutput(
-            depth=_stack_or_list(depth),  # type: ignore[arg-type]
-            uncertainty=_stack_or_list(uncert) if output_uncertainty else None,  # type: ignore[arg-type]
-            timings=timings,
-        )
+        if not return_dict:
+            return prediction, uncertainty, latent
+        return DepthOutput(prediction=prediction, uncertainty=uncertainty, latent=latent, timings=timings)
+
+
+def _alias(value: Any, alias: Any, name: str, alias_name: str) -> Any:
+    if alias is None:
+        return value
+    if value is not None and value != alias:
+        raise ValueError(f"`{name}` and its alias `{alias_name}` disagree ({value!r} vs {alias!r})")
+    return alias
+
+
+def _collect(maps: list[torch.Tensor], output_type: str) -> Any:
+    """Per-image [1,H,W] tensors -> diffusers' layout: np [N,H,W,1] / pt [N,1,H,W] (a list when sizes differ)."""
+    if output_type == "np":
+        arrays = [m.float().permute(1, 2, 0).cpu().numpy() for m in maps]
+        return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+    return torch.stack(maps) if len({tuple(m.shape) for m in maps}) == 1 else list(maps)
 
 
 __all__ = ["DepthOutput", "DepthPipeline", "STAGES"]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 RESAMPLE_METHODS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
-ImageInput = Image.Image | np.ndarray
+ImageInput = Image.Image | np.ndarray | torch.Tensor  # numpy channels-last, torch channels-first (diffusers' layouts)
 
 
 @dataclass
@@ -32,25 +32,30 @@ class SizeGroup:
 
 
 def as_image_list(images: Any) -> list[ImageInput]:
-    """One image, a list of images, or a [N,H,W,C] array -> a list of single images."""
-    if isinstance(images, Image.Image):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
+    """One image, a batch ([N,H,W,C] array, [N,C,H,W] tensor) or a list of either -> a list of single images."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("no images given")
-        return list(images)
-    raise TypeError(f"expected a PIL image, a numpy array or a list of them, got {type(images).__name__}")
+        return [one for img in images for one in as_image_list(img)]
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim not in (2, 3, 4):
+            raise ValueError(f"image arrays must be 2-, 3- or 4-dimensional, got shape {tuple(images.shape)}")
+        return list(images) if images.ndim == 4 else [images]
+    raise TypeError(f"expected a PIL image, a numpy array, a torch tensor or a list of them, got "
+                    f"{type(images).__name__}")
 
 
 def image_size(image: ImageInput) -> tuple[int, int]:
-    """(H, W) of a PIL image or a [H,W(,C)] array, without converting it."""
+    """(H, W) of a PIL image, a [H,W(,C)] array or a [(C,)H,W] tensor, without converting it."""
     if isinstance(image, Image.Image):
         return image.height, image.width
     if isinstance(image, np.ndarray) and image.ndim >= 2:
         return int(image.shape[0]), int(image.shape[1])
-    raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+    if isinstance(image, torch.Tensor) and image.ndim >= 2:
+        return int(image.shape[-2]), int(image.shape[-1])
+    raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -78,6 +83,8 @@ def load_image_canonical(
     image: ImageInput, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """-> [1,3,H,W] in [0,1] on device/dtype (diffusers' ``load_image_canonical`` order: cast, move, divide)."""
+    if isinstance(image, torch.Tensor):
+        return _tensor_canonical(image, device, dtype)
     arr = to_rgb_array(image)
     kind = arr.dtype.kind
     if kind not in "uf":  # signed ints, bools, complex: diffusers refuses them too
@@ -88,6 +95,24 @@ def load_image_canonical(
     if dtype_max is not None:
         t = t / dtype_max
     elif t.min().item() < 0.0 or t.max().item() > 1.0:
+        raise ValueError("float images must lie in [0, 1]")
+    return t
+
+
+def _tensor_canonical(image: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A [H,W] or [C,H,W] tensor (C = 1 or 3; uint8, or floats in [0, 1]) -> [1,3,H,W], as diffusers loads it."""
+    t = image[None] if image.ndim == 3 else image[None, None]
+    if t.shape[1] not in (1, 3):
+        raise ValueError(f"image tensors must be [H,W], [1,H,W] or [3,H,W] (channels first), got {tuple(image.shape)}")
+    if t.shape[1] == 1:
+        t = t.repeat(1, 3, 1, 1)
+    if not torch.is_floating_point(t) and t.dtype != torch.uint8:
+        raise ValueError(f"unsupported image dtype {t.dtype}: use uint8 or floats in [0, 1]")
+    dtype_max = 255 if t.dtype == torch.uint8 else None
+    t = t.to(device=device, dtype=dtype)
+    if dtype_max is not None:
+        return t / dtype_max
+    if t.min().item() < 0.0 or t.max().item() > 1.0:
         raise ValueError("float images must lie in [0, 1]")
     return t
 

@@ -18,7 +18,6 @@ from agdepth.artifacts.manifest import Manifest
 from agdepth.artifacts.sessions import check_session_io, onnx_session
 from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
-from agdepth.schedule import NoiseSchedule
 
 
 def default_providers() -> list[str]:
@@ -52,7 +51,7 @@ class OnnxBackend(BackendBase):
         self.check_finite, self.fp32_decoder_fallback = check_finite, fp32_decoder_fallback
         self.fallbacks = 0  # decoder calls redone in fp32
         self._emb = torch.from_numpy(emb).float()
-        self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
+        self._schedule = m.schedule()
         self._defaults = RuntimeDefaults(**m.data["defaults"])
         self._shapes: ShapeRange = m.shapes
         self._device, self._dtype = torch.device("cpu"), torch.float32  # host arrays; CUDA EP copies them

@@ -28,7 +28,6 @@ from agdepth.artifacts.manifest import Manifest
 from agdepth.artifacts.tensorrt import FALLBACK_DECODER, TensorRTStatus, tensorrt_status
 from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
-from agdepth.schedule import NoiseSchedule
 
 
 def check_engines(info: dict[str, Any] | None, status: TensorRTStatus, where: str) -> None:
@@ -71,7 +70,7 @@ class TensorRTBackend(BackendBase):
         self._f = int(m.data["vae_scale_factor"])
         self._device, self._dtype = torch.device(device), torch.float32
         self._emb = torch.from_numpy(emb).float().to(self._device)
-        self._schedule = NoiseSchedule.from_config(m.data["scheduler"])
+        self._schedule = m.schedule()
         self._defaults = RuntimeDefaults(**m.data["defaults"])
         self._shapes = ShapeRange.from_dict(info["shapes"])
         self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])

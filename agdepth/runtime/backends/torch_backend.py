@@ -45,6 +45,15 @@ class TorchBackend(BackendBase, DepthBackend):
             module = module.to(dtype=dtype)
         return module.to(device=device).eval()
 
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> TorchBackend:
+        """Move (and cast) the networks in place, as ``DiffusionPipeline.to`` does."""
+        self._device = torch.device(device) if device is not None else self._device
+        self._dtype = dtype or self._dtype
+        self.unet = self._place(self.unet, self._device, self._dtype)
+        self.vae = self._place(self.vae, self._device, self._dtype)
+        self._emb = self._emb.to(device=self._device, dtype=self._dtype)
+        return self
+
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -53,7 +62,7 @@ class TorchBackend(BackendBase, DepthBackend):
         models = load_checkpoint(path, torch_dtype=dtype)
         index = models.extra.get("model_index") or {}
         sched_cfg = models.extra.get("scheduler_config")
-        schedule = checkpoint_schedule(sched_cfg)
+        schedule = checkpoint_schedule(sched_cfg, source=Path(path) / "scheduler" / "scheduler_config.json")
         defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
         return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype)
 
