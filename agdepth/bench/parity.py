@@ -157,7 +157,7 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
     """Depth of ``count`` test scenes per procedural domain through every backend; PyTorch fp32 is the reference."""
     from agdepth.data.procedural import DOMAINS, render_scene
     from agdepth.metrics import backend_agreement
-    from agdepth.runtime import DepthPipeline
+    from agdepth.runtime import DepthOutput, DepthPipeline
 
     manifest = Manifest.load(engines)
     from agdepth.runtime.backends.onnx_backend import OnnxBackend
@@ -181,8 +181,10 @@ def compare_end_to_end(engines: Path, checkpoint: Path, count: int, settings: li
         latents = pipes["pytorch-fp32"].initial_latents(images, ensemble=ens, processing_res=res, seed=0)
         for name, p in pipes.items():
             t0 = time.perf_counter()
-            depth[name] = p(images, steps=steps, ensemble=ens, processing_res=res, timestep_spacing="trailing",
-                            latents=latents, batch_size=0).depth
+            out = p(images, steps=steps, ensemble=ens, processing_res=res, timestep_spacing="trailing",
+                    latents=latents, batch_size=0)
+            assert isinstance(out, DepthOutput)  # return_dict=True (the default) returns one
+            depth[name] = out.depth
             secs[name] = time.perf_counter() - t0
         for name in pipes:
             per = [backend_agreement(a, b) for a, b in zip(depth[name], depth["pytorch-fp32"], strict=True)]
