@@ -212,6 +212,27 @@ def test_backend_returns_what_the_engines_compute(exports: dict[str, Path], tmp_
 
 
 @pytest.mark.slow
+def test_an_lcm_manifest_runs_lcm_on_tensorrt(exports: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler kind travels in the manifest: engines exported from an LCM checkpoint run LCM's timesteps and
+    between-step noise on TensorRT exactly as on ONNX Runtime."""
+    from agdepth.schedule import NoiseSchedule
+
+    m = _built(exports, "dynamic", tmp_path, monkeypatch)
+    lcm = NoiseSchedule(kind="lcm", set_alpha_to_one=True, steps_offset=1)
+    m.data["scheduler"] = lcm.to_diffusers_config()
+    (m.root / "manifest.json").write_text(json.dumps(m.data))
+    trt, ort = _pipelines(Manifest.load(m.root))
+    assert trt.backend.schedule.kind == ort.backend.schedule.kind == "lcm"
+    images = _images()
+    a = trt(images, num_inference_steps=2, generator=torch.Generator().manual_seed(4)).depth
+    b = ort(images, num_inference_steps=2, generator=torch.Generator().manual_seed(4)).depth
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    again = ort(images, num_inference_steps=2, generator=torch.Generator().manual_seed(5)).depth
+    assert np.abs(again - b).max() > 1e-4  # another seed: other initial and between-step noise
+
+
+@pytest.mark.slow
 def test_fp16_decoder_overflow_falls_back_by_default(exports: dict[str, Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     m = _built(exports, "dynamic", tmp_path, monkeypatch)
