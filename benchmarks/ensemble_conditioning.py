@@ -1,4 +1,9 @@
-"""Ensembling's conditioning, accuracy and speed: least-squares alignment (the default) against diffusers' objective.
+"""Ensembling's conditioning, accuracy and speed of the three methods of ``agdepth.ensemble.ensemble_depth``.
+
+``least_squares`` (the default: each member fitted by least squares to the members' common reference), ``lbfgs``
+(diffusers' objective solved exactly by agdepth's L-BFGS) and ``diffusers`` (diffusers' own
+``MarigoldDepthPipeline.ensemble_depth``: scipy's finite-difference BFGS on that objective, stopped by its defaults
+max_iter=2, tol=1e-3), each with its defaults (``agdepth.ensemble.METHOD_DEFAULTS``).
 
     python benchmarks/ensemble_conditioning.py \
         --json benchmarks/results/ensemble_conditioning.json --md benchmarks/results/ensemble_conditioning.md
@@ -17,9 +22,10 @@ b. **Accuracy**: AbsRel and δ1 of each method's ensembled map, scored per image
    the map resized to the ground truth), averaged over the scenes of each domain. The first member alone is scored
    too, as the no-ensembling baseline.
 c. **Speed**: median seconds per ``ensemble_depth`` call (median reduction, max_res 1024) on ``depth-bench
-   ensemble``'s synthetic members (:func:`agdepth.bench.ensembling.make_members`), both methods interleaved, at
-   ``--threads`` torch threads (default 1, as ``depth-bench ensemble``: OpenMP spin-waits make multi-threaded runs on
-   a shared CPU erratic).
+   ensemble``'s synthetic members (:func:`agdepth.bench.ensembling.make_members`), the methods interleaved
+   (``--repeats`` rounds; ``diffusers``, seconds a call, only in the first ``--diffusers-repeats``), at ``--threads``
+   torch threads (default 1, as ``depth-bench ensemble``: OpenMP spin-waits make multi-threaded runs on a shared CPU
+   erratic). Ratios: ``least_squares`` / ``lbfgs`` and ``diffusers`` / ``least_squares``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from agdepth import default_checkpoint
 from agdepth.bench.ensembling import make_members
 from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
 from agdepth.data.procedural import EVAL_DOMAINS
-from agdepth.ensemble import DEFAULT_METHOD, ENSEMBLE_METHODS, ensemble_depth
+from agdepth.ensemble import DEFAULT_METHOD, ENSEMBLE_METHODS, METHOD_DEFAULTS, ensemble_depth
 from agdepth.evaluation.datasets import ProceduralEvalDataset
 from agdepth.evaluation.protocol import average, score_checked
 from agdepth.runtime import DepthPipeline
@@ -104,20 +110,25 @@ def measure_members(pipe: DepthPipeline, domains: list[str], count: int, size: i
     return sensitivity, accuracy
 
 
-def measure_speed(sizes: list[int], members: int, repeats: int) -> list[dict[str, Any]]:
+def measure_speed(sizes: list[int], members: int, repeats: dict[str, int]) -> list[dict[str, Any]]:
+    """Median seconds per call of each method; ``repeats``: timed calls per method (interleaved rounds)."""
     rows = []
     for size in sizes:
         d, _ = make_members(size, members)
-        ensemble_depth(d[:2, :, :32, :32])  # torch's lazy init outside the timings
+        for method in ENSEMBLE_METHODS:  # lazy init (torch, diffusers' import) outside the timings
+            ensemble_depth(d[:2, :, :32, :32], method=method)
         times: dict[str, list[float]] = {m: [] for m in ENSEMBLE_METHODS}
-        for _ in range(repeats):
-            for method in ENSEMBLE_METHODS:  # interleaved, so load changes hit both alike
+        for i in range(max(repeats.values())):
+            for method in ENSEMBLE_METHODS:  # interleaved, so load changes hit all alike
+                if i >= repeats[method]:
+                    continue
                 t0 = time.perf_counter()
                 ensemble_depth(d, method=method)
                 times[method].append(time.perf_counter() - t0)
         med = {m: statistics.median(v) for m, v in times.items()}
         rows.append({"size": [size, size], "members": members, "times_s": times, "time_s_median": med,
-                     "ratio_new_over_diffusers": med[DEFAULT_METHOD] / med["diffusers"]})
+                     "ratio_least_squares_over_lbfgs": med["least_squares"] / med["lbfgs"],
+                     "ratio_diffusers_over_least_squares": med["diffusers"] / med["least_squares"]})
         print(f"{size}px: " + ", ".join(f"{m} {v:.3f}s" for m, v in med.items()), flush=True)
     return rows
 
@@ -128,13 +139,15 @@ def _amp(v: float) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     st = report["settings"]
-    new = DEFAULT_METHOD
+    stop = ", ".join(f"`{m}` max_iter {it}, tol {tol:g}" for m, (it, tol) in st["method_defaults"].items())
     lines = [
         f"Members: the checkpoint's single-member predictions (one explicit initial latent each, seed = scene index; "
         f"{st['steps']} step(s), processing resolution {st['processing_res']} px) on "
         f"{st['count']} test scenes per domain ({', '.join(st['domains'])}), {st['size']}×{st['size']}; "
-        f"the 5-member ensembles are the first 5 of the 10. Median reduction, max_res 1024; `{new}` is the default "
-        "method, `diffusers` diffusers' objective (solved exactly). Torch threads: "
+        f"the 5-member ensembles are the first 5 of the 10. Median reduction, max_res 1024. Methods: "
+        f"`least_squares` (the default: least-squares fits to the members' common reference), `lbfgs` (diffusers' "
+        "objective solved exactly by L-BFGS), `diffusers` (diffusers' own `MarigoldDepthPipeline.ensemble_depth`: "
+        f"finite-difference BFGS on that objective); each with its default stopping ({stop}). Torch threads: "
         f"{st['torch_threads']}.", "",
         "## a. Sensitivity", "",
         "Max abs change of the ensembled map (in [0, 1]) when the members are perturbed, per scene: median and max "
@@ -162,15 +175,18 @@ def markdown(report: dict[str, Any]) -> str:
         cells = " | ".join(f"{100 * per_dom[d]['abs_rel']:.2f} | {100 * per_dom[d]['delta1']:.2f}" for d in doms)
         mean = statistics.mean(per_dom[d]["abs_rel"] for d in doms)
         lines.append(f"| {key} | {cells} | {100 * mean:.2f} |")
+    reps = st["repeats"]
     lines += ["", "## c. Speed", "",
-              f"Median seconds per `ensemble_depth` call over {st['repeats']} interleaved repeats, on `depth-bench "
-              "ensemble`'s synthetic members (procedural indoor depth, affine maps plus a smooth field and noise, "
-              "clipped to [0, 1]).", "",
-              f"| size | members | {new} (s) | diffusers (s) | {new} / diffusers |", "|---|---|---|---|---|"]
+              "Median seconds per `ensemble_depth` call, the methods interleaved (timed calls: "
+              + ", ".join(f"`{m}` {n}" for m, n in reps.items()) + "), on `depth-bench ensemble`'s synthetic members "
+              "(procedural indoor depth, affine maps plus a smooth field and noise, clipped to [0, 1]).", "",
+              "| size | members | least_squares (s) | lbfgs (s) | diffusers (s) | least_squares / lbfgs | "
+              "diffusers / least_squares |", "|---|---|---|---|---|---|---|"]
     for r in report["speed"]:
         t = r["time_s_median"]
-        lines.append(f"| {r['size'][0]}×{r['size'][1]} | {r['members']} | {t[new]:.3f} | {t['diffusers']:.3f} | "
-                     f"{r['ratio_new_over_diffusers']:.2f} |")
+        lines.append(f"| {r['size'][0]}×{r['size'][1]} | {r['members']} | {t['least_squares']:.3f} | "
+                     f"{t['lbfgs']:.3f} | {t['diffusers']:.2f} | {r['ratio_least_squares_over_lbfgs']:.2f} | "
+                     f"{r['ratio_diffusers_over_least_squares']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +201,8 @@ def main() -> None:
     ap.add_argument("--speed-sizes", default="768,384")
     ap.add_argument("--speed-members", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per method and size")
+    ap.add_argument("--diffusers-repeats", type=int, default=3,
+                    help="timed calls of the (slow) diffusers method per size: the first of the --repeats rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for everything")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
@@ -198,17 +216,20 @@ def main() -> None:
     domains = args.domains.split(",")
     ensembles = sorted(int(v) for v in args.ensembles.split(","))
     sensitivity, accuracy = measure_members(pipe, domains, args.count, args.size, ensembles, steps)
-    speed = measure_speed([int(v) for v in args.speed_sizes.split(",")], args.speed_members, args.repeats)
+    repeats = {m: args.repeats for m in ENSEMBLE_METHODS}
+    repeats["diffusers"] = min(args.diffusers_repeats, args.repeats)
+    speed = measure_speed([int(v) for v in args.speed_sizes.split(",")], args.speed_members, repeats)
     report = {**meta,
               "settings": {"checkpoint": str(ckpt.name if args.checkpoint is None else ckpt), "count": args.count,
                            "size": args.size, "domains": domains, "ensembles": ensembles, "steps": steps,
                            "processing_res": pipe.backend.defaults.processing_resolution,
                            "noise": NOISE, "methods": list(ENSEMBLE_METHODS), "default_method": DEFAULT_METHOD,
+                           "method_defaults": {m: list(v) for m, v in METHOD_DEFAULTS.items()},
                            "reduction": "median", "max_res": 1024, "torch_threads": torch.get_num_threads(),
-                           "repeats": args.repeats},
+                           "repeats": repeats},
               "sensitivity": sensitivity, "accuracy": accuracy, "speed": speed}
     stamp_end(report)
-    text = markdown_document("Ensembling: least-squares alignment against diffusers' objective", report,
+    text = markdown_document("Ensembling methods: least_squares, lbfgs, diffusers", report,
                              markdown(report))
     write_report(report, text, args.json, args.md)
     print(text)
