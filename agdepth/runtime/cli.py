@@ -16,19 +16,37 @@ from typing import Any
 
 import click
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image
 from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
-from agdepth.runtime.outputs import OutputPlanError, plan_outputs, protected_jobs
+from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
-from agdepth.runtime.writer import BackgroundWriter, OutputWriteError
+from agdepth.runtime.writer import BackgroundWriter, OutputWriteError, ReadAhead, default_readers, default_writers
 
 
 def _backend_name(pipe: DepthPipeline) -> str:
     be = pipe.backend
     prec = getattr(be, "precision", None)
     return f"{type(be).__name__}" + (f" {prec}" if prec else "") + f" on {be.device}"
+
+
+def device_image(img: np.ndarray, device: torch.device) -> Any:
+    """An image as read -> what the pipeline is given, prepared on a reader thread.
+
+    On a CUDA device an 8-bit image goes to the GPU as it is (bytes, not floats), as a [3,H,W] uint8 tensor copied
+    from page-locked memory without blocking: the pipeline then casts, normalises and resizes it there. That is the
+    pipeline's own uint8-tensor path, the same operations on the same device in the same order as for the [H,W,3]
+    array (whose float copy is made on the host), so depth maps are bit-identical. On the CPU, and for 16-bit images
+    (which the tensor path does not take), the array is passed on as it is.
+    """
+    if device.type != "cuda" or img.dtype != np.uint8 or img.ndim != 3:
+        return img
+    host = torch.empty((3, *img.shape[:2]), dtype=torch.uint8, pin_memory=True)
+    np.copyto(host.numpy(), img.transpose(2, 0, 1))
+    # queued on the device's current stream, before the pipeline's kernels that read it
+    return host.to(device, non_blocking=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,22 +108,28 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     done = 0
     bar = tqdm(total=len(plan.jobs), desc="depth", unit="img", dynamic_ncols=True)
 
+    def load(job: Job) -> Any:  # on a reader thread
+        return device_image(read_image(job.source), pipe.backend.device)
+
     def predict(imgs: list[Any], seeds: list[int]) -> Any:
         # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
         lat = [pipe.initial_latents([img], ens, res, seed=s)[0] for img, s in zip(imgs, seeds, strict=True)]
         return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing,
                     batch_size=batch_size, latents=lat, output_uncertainty=uncertainty)
 
-    # Outputs are encoded and written on a worker thread while the next chunk runs; "io" is the time the loop spends
-    # reading inputs and waiting for that worker.
-    writer = BackgroundWriter(max_pending=max(2 * per_call, 4))
+    # A pipeline of three stages: the next images are read and decoded on reader threads (one chunk ahead, in input
+    # order) while the networks run on this thread, and outputs are encoded and written on writer threads. Chunks are
+    # the same slices of the job list as when everything ran in turn, so results are too. "io" is the time this
+    # thread spends waiting for inputs and for the writers.
+    writer = BackgroundWriter(max_pending=max(2 * per_call, 2 * default_writers(), 4))
+    reads: ReadAhead[Job, Any] = ReadAhead(plan.jobs, load, depth=per_call + default_readers())
     try:
         for k in range(0, len(plan.jobs), per_call):
             chunk, images = [], []
             t_io = time.perf_counter()
             for job in plan.jobs[k:k + per_call]:
                 try:
-                    images.append(read_image(job.source))
+                    images.append(reads.take())
                     chunk.append(job)
                 except ImageReadError as e:
                     failures.append(str(e))
@@ -149,6 +173,8 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         click.echo(f"interrupted after {done} image(s): run the same command again to finish the rest "
                    "(finished images are skipped)", err=True)
         sys.exit(130)
+    finally:  # on any way out: the reads not yet started are dropped, the running ones finish
+        reads.close()
     bar.close()
     wall = time.perf_counter() - t_start
     stages = ", ".join(f"{s} {v:.2f}" for s, v in timings.items() if v > 0)
