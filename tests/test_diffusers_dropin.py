@@ -226,7 +226,7 @@ def test_return_dict_false_and_aliases(pipes, refs) -> None:
 def test_input_types_as_diffusers(pipes, refs, kind: str) -> None:
     arr = np.asarray(_image(), dtype=np.float32) / 255.0
     image = {"numpy": arr, "torch": torch.from_numpy(arr).permute(2, 0, 1),
-             "torch-uint8": torch.from_numpy(np.asarray(_image())).permute(2, 0, 1)[None],
+             "torch-uint8": torch.from_numpy(np.array(_image())).permute(2, 0, 1)[None],
              "numpy-batch": np.stack([arr, arr[::-1].copy()])}[kind]
     ours, theirs = _both(pipes["ddim"], refs["trailing"], image, "trailing", num_inference_steps=1,
                          processing_resolution=RES, seed=4)
