@@ -16,6 +16,8 @@ import torch
 LATENT_CHANNELS = 4  # SD's VAE latent
 UNET_IN_CHANNELS = 2 * LATENT_CHANNELS  # Marigold: cat(rgb latent, noisy depth latent)
 NETWORK_NAMES = ("unet", "vae_encoder", "vae_decoder")
+# a checkpoint's light VAE (agdepth.light_vae): each light network -> the full network whose tensors it shares
+LIGHT_NETWORKS = {"vae_encoder_light": "vae_encoder", "vae_decoder_light": "vae_decoder"}
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"  # dynamic axis names (pixel or latent H/W, by tensor)
 
 
@@ -195,6 +197,15 @@ def describe_networks(vae_scale_factor: int, text_tokens: int, text_dim: int) ->
     }
 
 
+def describe_light_networks(vae_scale_factor: int) -> dict[str, NetworkSpec]:
+    """The light VAE's two networks: the same tensors (names, dtypes, shapes, axes) as ``vae_encoder`` and
+    ``vae_decoder`` of :func:`describe_networks`, under the names of :data:`LIGHT_NETWORKS`, so either can stand in
+    for the other."""
+    full = describe_networks(vae_scale_factor, 1, 1)  # the text sizes concern the U-Net only
+    return {name: NetworkSpec(name, full[of].inputs, full[of].outputs, vae_scale_factor)
+            for name, of in LIGHT_NETWORKS.items()}
+
+
 # ------------------------------------------------------------------------- the PyTorch side of each network
 
 
@@ -233,11 +244,45 @@ class VAEDecoderWrapper(torch.nn.Module):
         return self.vae.decode(latent / self.scale, return_dict=False)[0].mean(dim=1, keepdim=True)
 
 
+class LightEncoderWrapper(torch.nn.Module):
+    """vae_encoder_light: RGB in [-1,1] -> the scaled latent, as :class:`VAEEncoderWrapper` (a light VAE regresses
+    the full encoder's posterior mean × scaling factor directly: no scaling here)."""
+
+    def __init__(self, light_vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = light_vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(image, return_dict=False)[0]
+
+
+class LightDecoderWrapper(torch.nn.Module):
+    """vae_decoder_light: scaled latent -> depth [B,1,H,W], as :class:`VAEDecoderWrapper` (unclipped). A 1-channel
+    light decoder's output is the depth; an RGB one (a TAESD as published) is read like the full decoder, by the mean
+    of its channels."""
+
+    def __init__(self, light_vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = light_vae
+        self.channels = int(light_vae.config.out_channels)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        out = self.vae.decode(latent, return_dict=False)[0]
+        return out if self.channels == 1 else out.mean(dim=1, keepdim=True)
+
+
+def light_modules(light_vae: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The module each light network spec (:func:`describe_light_networks`) is exported from, in eval mode."""
+    return {"vae_encoder_light": LightEncoderWrapper(light_vae).eval(),
+            "vae_decoder_light": LightDecoderWrapper(light_vae).eval()}
+
+
 def torch_modules(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The module each network spec is exported from, in eval mode."""
     return {"unet": UNetWrapper(unet).eval(), "vae_encoder": VAEEncoderWrapper(vae).eval(),
             "vae_decoder": VAEDecoderWrapper(vae).eval()}
 
 
-__all__ = ["NETWORK_NAMES", "NetworkSpec", "ShapeRange", "TensorSpec", "describe_networks", "torch_modules",
-           "vae_scale_factor"]
+__all__ = ["LIGHT_NETWORKS", "NETWORK_NAMES", "LightDecoderWrapper", "LightEncoderWrapper", "NetworkSpec",
+           "ShapeRange", "TensorSpec", "describe_light_networks", "describe_networks", "light_modules",
+           "torch_modules", "vae_scale_factor"]

@@ -18,7 +18,7 @@ def test_shipped_presets_match_the_paper_recipe() -> None:
     assert sd2.data.hflip
     assert vars(unet.losses) == {"v": 1.0, "berhu": 1.0, "gm": 1.0, "feature": 1.0}
     tiny = load_config("tiny")
-    assert list(tiny.stages) == ["vae", "autoencoder", "unet"]
+    assert list(tiny.stages) == ["vae", "autoencoder", "unet", "distill_vae"]  # distill_vae runs on its own
 
 
 def test_overrides_including_list_indices() -> None:

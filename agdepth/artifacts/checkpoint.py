@@ -5,6 +5,7 @@
       unet/  vae/                        # loadable with UNet2DConditionModel / AutoencoderKL .from_pretrained
       scheduler/scheduler_config.json    # DDIMScheduler (or LCMScheduler), v-prediction, Marigold's settings
       depth_autoencoder/                 # agdepth.depth_autoencoder.DepthAutoencoder (training only)
+      vae_light/                         # optional: AutoencoderTiny distilled from vae/ (agdepth.light_vae)
       empty_text_embedding.safetensors   # [1, L, C]: the text encoder reduced to the one embedding it is used for
 
 Official Marigold directories (with text_encoder/ and tokenizer/ instead of the embedding file) load too.
@@ -31,6 +32,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, UNet2DConditio
 from safetensors.torch import save_file
 
 from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.light_vae import LIGHT_VAE_CLASS, LIGHT_VAE_FOLDER, load_light_vae
 from agdepth.models import DepthModels, load_sd2
 from agdepth.schedule import NoiseSchedule
 
@@ -240,11 +242,17 @@ def load_checkpoint(
     A damaged config or weights file raises one ValueError naming it, before diffusers reads anything; so does a
     scheduler config whose class (or a setting) agdepth does not implement: only DDIMScheduler and LCMScheduler run.
     ``extra["scheduler_config"]`` is that config as its diffusers class reads it (diffusers' defaults filled in),
-    with its ``_class_name``."""
+    with its ``_class_name``; ``extra["vae_light"]`` the light VAE (an ``AutoencoderTiny``) when the checkpoint has a
+    ``vae_light/`` folder, checked like the other folders."""
     ae_dir = Path(ckpt_dir) / "depth_autoencoder"
     if with_autoencoder and not ae_dir.is_dir():
         raise FileNotFoundError(f"{ae_dir} is missing: this checkpoint has no depth autoencoder")
-    check_files(ckpt_dir, ("unet", "vae", "depth_autoencoder") if with_autoencoder else ("unet", "vae"))
+    light_dir = Path(ckpt_dir) / LIGHT_VAE_FOLDER
+    has_light = light_dir.is_dir()
+    if has_light and not (light_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{light_dir / 'config.json'} is missing: {light_dir} is no light VAE")
+    check_files(ckpt_dir, ("unet", "vae", *(("depth_autoencoder",) if with_autoencoder else ()),
+                           *((LIGHT_VAE_FOLDER,) if has_light else ())))
     sched_file = Path(ckpt_dir) / SCHEDULER_CONFIG
     sched_cls = None
     if sched_file.is_file():  # the scheduler class is checked before any weights load
@@ -262,4 +270,34 @@ def load_checkpoint(
         # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, minus its warning on every load
         models.extra["depth_autoencoder"] = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True,
                                                                              low_cpu_mem_usage=False)
+    if has_light:  # the light VAE distilled from vae/ (depth-train distill-vae)
+        models.extra["vae_light"] = load_light_vae(light_dir, torch_dtype=torch_dtype)
     return models
+
+
+def save_light_checkpoint(source: str | Path, out_dir: str | Path, light_vae: torch.nn.Module,
+                          info: Mapping[str, Any] | None = None) -> Path:
+    """Write ``out_dir`` atomically: a copy of the checkpoint ``source`` (any ``vae_light/`` it has left out) plus
+    ``light_vae`` as ``vae_light/`` (safetensors), listed in model_index.json as ``"vae_light": ["diffusers",
+    "AutoencoderTiny"]``; ``info`` goes to its ``agdepth.vae_light`` entry. ``out_dir`` may be ``source`` itself."""
+    source = Path(source)
+    if not (source / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"{source} is not a checkpoint directory (no vae/config.json)")
+    index = read_model_index(source)
+    with atomic_dir(out_dir) as tmp:
+        for entry in sorted(source.iterdir()):
+            if entry.name == LIGHT_VAE_FOLDER or entry.name.startswith("."):
+                continue  # the new light VAE replaces an old one; hidden entries are temporary or foreign
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        light_vae.save_pretrained(tmp / LIGHT_VAE_FOLDER, safe_serialization=True)
+        if index or (source / "model_index.json").is_file():
+            index[LIGHT_VAE_FOLDER] = ["diffusers", LIGHT_VAE_CLASS]
+            if info is not None:
+                section = index.get("agdepth")
+                if isinstance(section, dict):
+                    section[LIGHT_VAE_FOLDER] = dict(info)
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)

@@ -2,6 +2,7 @@
 
     depth-train all --config tiny --out runs/tiny                # vae -> autoencoder -> unet
     depth-train unet --config tiny --out runs/tiny --resume      # continue a stage bit-exactly
+    depth-train distill-vae --checkpoint runs/tiny/checkpoint --out runs/distill   # + a light VAE (vae_light/)
     torchrun --nproc_per_node 2 -m agdepth.training.cli unet --config sd2 --out runs/sd2 --set pretrained=DIR
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from agdepth.training.config import STAGES, load_config
+from agdepth.training.config import RECIPE_STAGES, SourceConfig, StageConfig, TrainConfig, load_config
 
 _common = [
     click.option("--config", "config", default="tiny", show_default=True,
@@ -35,11 +37,13 @@ def _with_common(f):  # type: ignore[no-untyped-def]
 
 
 def _run(stages: tuple[str, ...], config: str, out: Path, overrides: tuple[str, ...], resume: bool,
-         overwrite: bool, no_progress: bool) -> None:
+         overwrite: bool, no_progress: bool, edit: Callable[[TrainConfig], None] | None = None) -> None:
     from agdepth.training.trainer import TooManyCorruptSamplesError, TrainingDivergedError, train_stage
 
     try:
         cfg = load_config(config, overrides)
+        if edit is not None:  # command-line options that name files: set on the config, never parsed as YAML
+            edit(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from e
     for name in stages:
@@ -54,7 +58,8 @@ def _run(stages: tuple[str, ...], config: str, out: Path, overrides: tuple[str, 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train the autoencoder-guided depth diffusion model (stages: vae, autoencoder, unet)."""
+    """Train the autoencoder-guided depth diffusion model (stages: vae, autoencoder, unet; distill-vae adds a light
+    VAE to a finished checkpoint)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -70,6 +75,30 @@ _stage_command("autoencoder", "Pretrain the depth autoencoder on normalised grou
 _stage_command("unet", "Train the depth U-Net with L_v + L_BerHu + L_GM + L_feature; writes OUT/checkpoint.")
 
 
+@main.command(name="distill-vae")
+@click.option("--checkpoint", "checkpoint", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The checkpoint to distil: its VAE and U-Net are the frozen teacher.")
+@click.option("--images", "images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Train on this folder of RGB images (label-free) instead of the config's data sources.")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Start from a TAESD-layout AutoencoderTiny directory (e.g. madebyollin/taesd for SD2) instead "
+                   "of random weights of the config's light_vae size.")
+@_with_common
+def distill_vae(checkpoint: Path, images: Path | None, init: Path | None, **kw) -> None:  # type: ignore[no-untyped-def]
+    """Distil a light VAE (AutoencoderTiny) from a checkpoint's VAE; writes OUT/checkpoint = CKPT + vae_light/."""
+
+    def edit(cfg: TrainConfig) -> None:
+        scfg = cfg.stages.setdefault("distill_vae", StageConfig())
+        scfg.checkpoint = str(checkpoint)
+        if init is not None:
+            scfg.init = str(init)
+        if images is not None:
+            cfg.data.sources = [SourceConfig(type="images", root=str(images))]
+
+    _run(("distill_vae",), edit=edit, **kw)
+
+
 @main.command(name="all")
 @_with_common
 def all_stages(**kw) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +107,7 @@ def all_stages(**kw) -> None:  # type: ignore[no-untyped-def]
         cfg = load_config(kw["config"], kw["overrides"])
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from e
-    stages = tuple(s for s in STAGES if s in cfg.stages)
+    stages = tuple(s for s in RECIPE_STAGES if s in cfg.stages)
     _run(stages, **kw)
 
 

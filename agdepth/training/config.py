@@ -15,10 +15,15 @@ from typing import Any
 import yaml
 
 from agdepth.artifacts.defaults import RuntimeDefaults
+from agdepth.light_vae import FIXED, TAESD_CONFIG, check_light_vae_config
 from agdepth.training.losses import LossWeights
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-STAGES = ("vae", "autoencoder", "unet")
+STAGES = ("vae", "autoencoder", "unet", "distill_vae")
+# what `depth-train all` runs (those a config has a section for): the model. distill_vae works on a finished
+# checkpoint, on its own (`depth-train distill-vae --checkpoint ...`).
+RECIPE_STAGES = ("vae", "autoencoder", "unet")
+DECODER_LOSSES = ("l1", "mse")
 
 
 @dataclass
@@ -59,17 +64,29 @@ class StageConfig:
     # unet stage: random zoom-in crops (side scale in [random_crop, 1]) of each sample, None = off
     # (agdepth.training.augment); makes every sample new, so the latent memo no longer saves encodes
     random_crop: float | None = None
+    # distill_vae stage: the teacher checkpoint (depth-train distill-vae --checkpoint), whose full VAE and U-Net stay
+    # frozen, and an optional TAESD-layout AutoencoderTiny directory to start from (--init; else `light_vae` sizes)
+    checkpoint: str | None = None
+    init: str | None = None
+    # distill_vae stage: the U-Net prediction whose latent the light decoder learns to decode: 0 / null = the
+    # checkpoint's default steps / spacing (what the runtime will run)
+    teacher_steps: int = 0
+    teacher_spacing: str | None = None
+    # distill_vae stage: loss = encoder_weight * MSE(latents) + decoder_weight * decoder_loss (l1 | mse) of the depth
+    encoder_weight: float = 1.0
+    decoder_weight: float = 1.0
+    decoder_loss: str = "mse"
 
 
 @dataclass
 class SourceConfig:
-    type: str  # procedural | hypersim | vkitti
+    type: str  # procedural | hypersim | vkitti | images (a folder of RGB images, label-free: distill_vae only)
     probability: float = 1.0  # share of batches drawn from this source
     domains: list[str] = field(default_factory=list)  # procedural
     length: int = 100_000  # procedural: virtual dataset length
     # procedural: replaces camera statistics of the domains, e.g. {pitch_deg: [-45, 5]} (see camera_overrides)
     camera: dict[str, Any] = field(default_factory=dict)
-    root: str | None = None  # hypersim / vkitti
+    root: str | None = None  # hypersim / vkitti / images
     filename_list: str | None = None
     resize: tuple[int, int] | None = None
 
@@ -98,6 +115,23 @@ INFERENCE_KEYS = ("steps", "ensemble_size", "timestep_spacing", "processing_reso
 
 
 @dataclass
+class LightVAEConfig:
+    """The light VAE's size (AutoencoderTiny arguments; agdepth.light_vae fixes the rest). Defaults: TAESD's (8x)."""
+
+    encoder_block_out_channels: tuple[int, ...] = TAESD_CONFIG["encoder_block_out_channels"]
+    decoder_block_out_channels: tuple[int, ...] = TAESD_CONFIG["decoder_block_out_channels"]
+    num_encoder_blocks: tuple[int, ...] = TAESD_CONFIG["num_encoder_blocks"]
+    num_decoder_blocks: tuple[int, ...] = TAESD_CONFIG["num_decoder_blocks"]
+    act_fn: str = "relu"
+    upsample_fn: str = "nearest"
+    upsampling_scaling_factor: int = 2
+
+    def kwargs(self) -> dict[str, Any]:
+        """``agdepth.light_vae.build_light_vae``'s arguments."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class TrainConfig:
     preset: str = "tiny"  # tiny | sd2
     pretrained: str | None = None  # sd2: local SD2 / Marigold diffusers directory
@@ -105,6 +139,7 @@ class TrainConfig:
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=dict)  # tiny preset sizes (agdepth.models.TinyModelConfig)
     autoencoder: dict[str, Any] = field(default_factory=dict)  # DepthAutoencoder constructor arguments
+    light_vae: LightVAEConfig = field(default_factory=LightVAEConfig)  # distill_vae stage: the light VAE's size
     data: DataConfig = field(default_factory=DataConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     inference: RuntimeDefaults = CONFIG_INFERENCE  # frozen, so one shared instance is safe
@@ -161,8 +196,22 @@ def _build_inference(d: Any) -> RuntimeDefaults:
     return _build(RuntimeDefaults, d, "inference")
 
 
+def _build_light_vae(d: Any) -> LightVAEConfig:
+    """The `light_vae` section: AutoencoderTiny sizes a light VAE can have (checked by agdepth.light_vae)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config section 'light_vae' must be a mapping, got {type(d).__name__}")
+    check_light_vae_config(d, "light_vae")
+    cfg = _build(LightVAEConfig, {k: v for k, v in d.items() if k not in FIXED}, "light_vae")  # FIXED: checked
+    for f in dataclasses.fields(LightVAEConfig):
+        v = getattr(cfg, f.name)
+        if isinstance(v, list):
+            setattr(cfg, f.name, tuple(v))
+    return cfg
+
+
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = copy.deepcopy(d)
+    light_vae = _build_light_vae(d.pop("light_vae", {}) or {})
     data = d.pop("data", {}) or {}
     sources = [_build(SourceConfig, s, f"data.sources[{i}]") for i, s in enumerate(data.pop("sources", []) or [])]
     data_cfg = _build(DataConfig, data, "data")
@@ -174,7 +223,11 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         stages[name] = _build(StageConfig, s or {}, f"stages.{name}")
     inference = _build_inference(d.pop("inference", {}) or {})
     cfg = _build(TrainConfig, d, "top level")
-    cfg.data, cfg.stages, cfg.inference = data_cfg, stages, inference
+    cfg.data, cfg.stages, cfg.inference, cfg.light_vae = data_cfg, stages, inference, light_vae
+    for name, sc in stages.items():
+        if sc.decoder_loss not in DECODER_LOSSES:
+            raise ValueError(f"stages.{name}.decoder_loss must be one of {', '.join(DECODER_LOSSES)}, "
+                             f"got {sc.decoder_loss!r}")
     if cfg.preset not in ("tiny", "sd2"):
         raise ValueError(f"preset must be 'tiny' or 'sd2', got {cfg.preset!r}")
     if cfg.preset == "sd2" and "vae" in stages:

@@ -1,8 +1,10 @@
-"""The three training stages: what each one trains, its loss, its validation and what it exports.
+"""The training stages: what each one trains, its loss, its validation and what it exports.
 
 - ``vae``: the tiny preset's AutoencoderKL on procedural RGB and 3-channel normalised depth (SD2 brings its own).
 - ``autoencoder``: the paper's depth autoencoder, reconstructing normalised ground-truth depth (Fig. 1).
 - ``unet``: the depth U-Net with eq. 8, L_v + L_BerHu + L_GM + L_feature, each term weighted from the config.
+- ``distill_vae``: a light VAE (:mod:`agdepth.light_vae`) distilled from a finished checkpoint's frozen VAE, on the
+  latents the checkpoint's U-Net produces; exports the checkpoint with ``vae_light/`` added.
 
 The generic loop in :mod:`agdepth.training.trainer` drives any of them.
 """
@@ -20,9 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from agdepth.artifacts.checkpoint import atomic_dir, marigold_schedule, save_checkpoint
+from agdepth.artifacts.checkpoint import (
+    atomic_dir,
+    checkpoint_schedule,
+    load_checkpoint,
+    marigold_schedule,
+    save_checkpoint,
+    save_light_checkpoint,
+)
+from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.depth_autoencoder import DepthAutoencoder
 from agdepth.depth_norm import latent_valid_mask, mean_of_channels, normalize_depth, stack_to_rgb
+from agdepth.light_vae import build_light_vae, init_from_taesd, light_vae_scale_factor
 from agdepth.metrics import evaluate
 from agdepth.models import (
     TinyModelConfig,
@@ -31,6 +42,13 @@ from agdepth.models import (
     build_tiny_vae,
     load_sd2,
     tiny_empty_text_embedding,
+)
+from agdepth.networks import (
+    LightDecoderWrapper,
+    LightEncoderWrapper,
+    VAEDecoderWrapper,
+    VAEEncoderWrapper,
+    vae_scale_factor,
 )
 from agdepth.training.augment import random_zoom_crop
 from agdepth.training.config import StageConfig, TrainConfig
@@ -356,6 +374,138 @@ class UNetStage(Stage):
         return target
 
 
+class DistillVAEStage(Stage):
+    """A light VAE distilled from a checkpoint's own frozen VAE, for the latents that checkpoint's frozen U-Net sees
+    and produces.
+
+    Per micro-batch: encoder loss MSE(light encoder(rgb), full encoder(rgb)) on the scaled latents; decoder loss
+    (``decoder_loss``: L1 or MSE) between the light and the full decoder's depth (the full decoder's unclipped mean of
+    3 channels) for (a) the full encoder's latent of the normalised ground-truth depth, where the batch has depth, and
+    (b) the latent the U-Net's own prediction for the RGB ends with, by the checkpoint's default steps and spacing
+    (``teacher_steps`` / ``teacher_spacing`` override them) from noise drawn from the step's generator, as the
+    runtime's loop computes it. Label-free batches (an image folder) train (b) and the encoder only.
+    """
+
+    name = "distill_vae"
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
+        super().__init__(cfg, out_dir, device)
+        if not self.scfg.checkpoint:
+            raise ValueError("the distill_vae stage needs the checkpoint to distil (depth-train distill-vae "
+                             "--checkpoint DIR, or stages.distill_vae.checkpoint)")
+        self.source = Path(self.scfg.checkpoint)
+        models = load_checkpoint(self.source)
+        sched_cfg = models.extra.get("scheduler_config")
+        self.schedule = checkpoint_schedule(sched_cfg, source=self.source / "scheduler" / "scheduler_config.json")
+        defaults = RuntimeDefaults.from_model_index(models.extra.get("model_index"), sched_cfg)
+        self.teacher_steps = self.scfg.teacher_steps or defaults.steps
+        self.teacher_spacing = self.scfg.teacher_spacing or defaults.timestep_spacing
+        self.pairs = self.schedule.step_pairs(self.teacher_steps, self.teacher_spacing)
+        self.vae = _freeze(models.vae.to(device))
+        self.unet = _freeze(models.unet.to(device))
+        self.embedding = models.empty_text_embedding.to(device)
+        self.full_encoder, self.full_decoder = VAEEncoderWrapper(self.vae), VAEDecoderWrapper(self.vae)
+        torch.manual_seed(cfg.seed)
+        light = init_from_taesd(self.scfg.init) if self.scfg.init else build_light_vae(**cfg.light_vae.kwargs())
+        f, lf = vae_scale_factor(self.vae), light_vae_scale_factor(light)
+        if f != lf:
+            raise ValueError(f"the light VAE downsamples {lf}x but {self.source}'s VAE {f}x: give light_vae "
+                             f"{f.bit_length()} stages per side (num_encoder_blocks / num_decoder_blocks)")
+        if self.scfg.gradient_checkpointing:
+            light.enable_gradient_checkpointing()
+            # diffusers' EncoderTiny skips its [-1,1] -> [0,1] input scaling when checkpointed: never the encoder
+            light.encoder.gradient_checkpointing = False
+        self.trainable = light.to(device)
+        self._full_val: dict[int, np.ndarray] = {}  # the frozen teacher's validation predictions, computed once
+
+    @torch.no_grad()
+    def teacher_latent(self, rgb_latent: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The latent the runtime's sampler loop ends with (what it decodes), from noise drawn from ``gen``."""
+        b, n = rgb_latent.shape[0], len(self.pairs)
+        z = torch.randn(rgb_latent.shape, generator=gen).to(rgb_latent).float()
+        text = self.embedding.expand(b, -1, -1).to(rgb_latent.dtype)
+        for k, (t, prev_t) in enumerate(self.pairs):
+            ts = torch.full((b,), t, dtype=torch.int64, device=rgb_latent.device)
+            v = self.unet(torch.cat([rgb_latent, z.to(rgb_latent.dtype)], dim=1), ts,
+                          encoder_hidden_states=text).sample
+            noise = torch.randn(v.shape, generator=gen).to(v).float() if self.schedule.step_needs_noise(k, n) else None
+            z = self.schedule.step(v.float(), t, prev_t, z, last=k == n - 1, noise=noise)[0]
+        return z
+
+    def forward_loss(self, light: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        rgb = batch["rgb"]
+        with torch.no_grad():
+            rgb_latent = self.full_encoder(rgb)
+            latents = [self.teacher_latent(rgb_latent, gen).to(rgb_latent.dtype)]
+            if "depth" in batch:  # (a) ground-truth depth latents, as the unet stage encodes its targets
+                latents.insert(0, self.full_encoder(stack_to_rgb(_depth_target(batch))))
+            z = torch.cat(latents)
+            target = self.full_decoder(z)
+        terms: Terms = {
+            "encoder": self.scfg.encoder_weight * (LightEncoderWrapper(light)(rgb).float() - rgb_latent.float())
+            .pow(2).mean(),
+        }
+        diff = LightDecoderWrapper(light)(z).float() - target.float()
+        err = diff.abs() if self.scfg.decoder_loss == "l1" else diff.pow(2)
+        terms["decoder"] = self.scfg.decoder_weight * err.mean()
+        return terms["encoder"] + terms["decoder"], terms
+
+    def _backend(self, light: nn.Module | None) -> Any:
+        from agdepth.runtime.backends.torch_backend import TorchBackend
+
+        backend = TorchBackend(self.unet, self.vae, self.embedding, self.schedule, device=self.device)
+        if light is not None:  # the same U-Net loop with the light VAE's two networks swapped in
+            backend.networks["vae_encoder"] = LightEncoderWrapper(light).eval()
+            backend.networks["vae_decoder"] = LightDecoderWrapper(light).eval()
+        return backend
+
+    @torch.no_grad()
+    def validate(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        """AbsRel/δ1 per held-out domain of the runtime's prediction (checkpoint's teacher steps and spacing, one
+        member) with the full and with the light VAE; the light encoder's latent MSE and the light decoder's L1 on
+        the teacher's predicted latents."""
+        from agdepth.runtime.pipeline import DepthPipeline
+
+        light = self.trainable
+        was_training = light.training
+        light.eval()
+        full_pipe, light_pipe = DepthPipeline(self._backend(None)), DepthPipeline(self._backend(light))
+        kw = {"steps": self.teacher_steps, "ensemble": 1, "processing_res": 0,
+              "timestep_spacing": self.teacher_spacing, "seed": self.cfg.seed}
+        per_domain: dict[str, dict[str, list[float]]] = {}
+        enc_err, dec_err = [], []
+        for bi, b in enumerate(batches):
+            images = [((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy() for x in b["rgb"]]
+            if bi not in self._full_val:
+                self._full_val[bi] = np.asarray(full_pipe(images, **kw).depth)
+            preds = {"full": self._full_val[bi], "light": np.asarray(light_pipe(images, **kw).depth)}
+            for i in range(len(images)):
+                d = per_domain.setdefault(b["domain"][i], {})
+                for which, pred in preds.items():
+                    m = evaluate(pred[i], b["depth"][i, 0].numpy(), b["valid"][i, 0].numpy())
+                    d.setdefault(f"abs_rel_{which}", []).append(m["abs_rel"])
+                    d.setdefault(f"delta1_{which}", []).append(m["delta1"])
+            rgb = b["rgb"].to(self.device)
+            rgb_latent = self.full_encoder(rgb)
+            enc_err.append((LightEncoderWrapper(light)(rgb) - rgb_latent).pow(2).mean().item())
+            z = self.teacher_latent(rgb_latent, torch.Generator().manual_seed(self.cfg.seed + bi))
+            dec_err.append((LightDecoderWrapper(light)(z) - self.full_decoder(z)).abs().mean().item())
+        light.train(was_training)
+        out: dict[str, float] = {"encoder_mse": float(np.mean(enc_err)), "decoder_l1": float(np.mean(dec_err))}
+        for dom, d in per_domain.items():
+            for k, v in d.items():
+                out[f"{dom}/{k}"] = float(np.mean(v))
+        if per_domain:  # mean light AbsRel over the domains' mean full AbsRel, minus 1
+            full = np.mean([out[f"{dom}/abs_rel_full"] for dom in per_domain])
+            light_mean = np.mean([out[f"{dom}/abs_rel_light"] for dom in per_domain])
+            out["abs_rel_light_vs_full"] = float(light_mean / full - 1)
+        return out
+
+    def export(self, step: int) -> Path:
+        info = {"distilled_steps": step, "teacher_steps": self.teacher_steps, "teacher_spacing": self.teacher_spacing}
+        return save_light_checkpoint(self.source, self.out_dir / "checkpoint", self.trainable, info=info)
+
+
 class LossModule(nn.Module):
     """Wraps a stage's trainable network so that DDP sees the whole loss computation as one forward()."""
 
@@ -368,7 +518,8 @@ class LossModule(nn.Module):
         return self._stage[0].forward_loss(self.net, batch, gen)
 
 
-STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "autoencoder": AutoencoderStage, "unet": UNetStage}
+STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "autoencoder": AutoencoderStage, "unet": UNetStage,
+                                         "distill_vae": DistillVAEStage}
 
 
 def make_stage(name: str, cfg: TrainConfig, out_dir: Path, device: torch.device) -> Stage:

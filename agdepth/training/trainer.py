@@ -102,7 +102,62 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------------------------- data
 
 
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """A folder of RGB images (recursive), label-free: ``{"rgb", "name", "domain"}`` samples, no depth.
+
+    Each image is resized (antialiased) so that it covers ``size``, then centre-cropped to it; horizontal flips are a
+    pure function of (seed, epoch, index), as in :class:`agdepth.data.base.DepthDataset`. Unreadable files raise
+    :class:`agdepth.data.base.SampleReadError`, so they are skipped and counted like corrupt samples of any source.
+    """
+
+    domain = "images"
+
+    def __init__(self, root: str | Path, size: tuple[int, int], hflip: bool = False, seed: int = 0) -> None:
+        from agdepth.imageio import collect_inputs
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} not found")
+        self.files = [(path, stem.as_posix() + path.suffix) for path, stem in collect_inputs([self.root],
+                                                                                          recursive=True)]
+        self.size, self.hflip, self.seed, self.epoch = tuple(size), hflip, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from agdepth.data.base import SampleReadError
+        from agdepth.imageio import ImageReadError, read_image
+
+        path, name = self.files[index]
+        try:
+            img = read_image(path)
+        except ImageReadError as e:
+            raise SampleReadError(path, str(e)) from e
+        x = torch.from_numpy(img.astype(np.float32) / float(np.iinfo(img.dtype).max)).permute(2, 0, 1)[None]
+        h, w = self.size
+        scale = max(h / x.shape[-2], w / x.shape[-1])
+        rh, rw = max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale))
+        if (rh, rw) != tuple(x.shape[-2:]):
+            x = torch.nn.functional.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        top, left = (rh - h) // 2, (rw - w) // 2
+        x = x[0, :, top : top + h, left : left + w].clamp(0, 1)
+        if self.hflip:
+            state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+            if state & 1:
+                x = x.flip(-1)
+        return {"rgb": (x * 2 - 1).contiguous(), "name": name, "domain": self.domain}
+
+
 def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> torch.utils.data.Dataset:
+    if src.type == "images":
+        if not src.root:
+            raise ValueError("the images source needs a root folder (--images DIR or --set data.sources.N.root=DIR)")
+        return ImageFolderDataset(src.root, size, hflip=cfg.data.hflip, seed=cfg.seed)
     if src.type == "procedural":
         domains = src.domains or list(DEFAULT_SOURCE_DOMAINS)
         return ProceduralDataset(domains, src.length, size=size, split="train", hflip=cfg.data.hflip, seed=cfg.seed,
@@ -122,7 +177,7 @@ def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> 
         from agdepth.data.vkitti import VirtualKITTIDataset
 
         return VirtualKITTIDataset(src.root, src.filename_list, hflip=cfg.data.hflip, seed=cfg.seed)
-    raise ValueError(f"unknown data source type {src.type!r}; use procedural, hypersim or vkitti")
+    raise ValueError(f"unknown data source type {src.type!r}; use procedural, hypersim, vkitti or images")
 
 
 class BatchStream:
@@ -392,5 +447,6 @@ def train_stage(
         log.write({"event": "end", "stage": stage_name, "step": scfg.iterations, "time": time.time(),
                    "corrupt": len(corrupt),
                    "corrupt_files": corrupt[:100]})
-    return out_dir / {"vae": "vae", "autoencoder": "depth_autoencoder", "unet": "checkpoint"}[stage_name]
+    return out_dir / {"vae": "vae", "autoencoder": "depth_autoencoder", "unet": "checkpoint",
+                      "distill_vae": "checkpoint"}[stage_name]
 
