@@ -173,7 +173,8 @@ def main() -> None:
     for m in methods:
         print(f"method {m} ...", flush=True)
         runs[m] = run_frontier(MethodPipeline(backend, m), settings, count=args.count, seed=args.seed,
-                               latency_repeats=args.latency_repeats, progress=True, model=str(ckpt))
+                               latency_repeats=args.latency_repeats, progress=True,
+                               model=str(args.checkpoint or "agdepth/weights/tiny"))  # no machine paths
     ordered = sorted(runs[methods[0]]["rows"], key=lambda r: (r["spacing"], r["steps"], r["ensemble"]))
     labels = list(dict.fromkeys(r["setting"] for r in ordered))  # with the default run_frontier adds
     rows = {lab: {m: _summary(next(r for r in runs[m]["rows"] if r["setting"] == lab)) for m in methods}
