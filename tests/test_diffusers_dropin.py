@@ -31,14 +31,6 @@ LCM_CONFIG = {"_class_name": "LCMScheduler", "beta_start": 0.00085, "beta_end": 
               "steps_offset": 1, "thresholding": False, "timestep_scaling": 10.0, "timestep_spacing": "leading"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _image(seed: int = 0, h: int = H, w: int = W) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
