@@ -18,6 +18,13 @@ UNET_IN_CHANNELS = 2 * LATENT_CHANNELS  # Marigold: cat(rgb latent, noisy depth 
 NETWORK_NAMES = ("unet", "vae_encoder", "vae_decoder")
 # a checkpoint's light VAE (agdepth.light_vae): each light network -> the full network whose tensors it shares
 LIGHT_NETWORKS = {"vae_encoder_light": "vae_encoder", "vae_decoder_light": "vae_decoder"}
+# the VAE a prediction runs (``--vae``, ``DepthPipeline(vae=)``): choice -> (encoder network, decoder network)
+VAE_CHOICES = {
+    "full": ("vae_encoder", "vae_decoder"),
+    "light": ("vae_encoder_light", "vae_decoder_light"),
+    "light-encoder": ("vae_encoder_light", "vae_decoder"),  # the light encoder, the full decoder
+    "light-decoder": ("vae_encoder", "vae_decoder_light"),  # the full encoder, the light decoder
+}
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"  # dynamic axis names (pixel or latent H/W, by tensor)
 
 
@@ -206,6 +213,20 @@ def describe_light_networks(vae_scale_factor: int) -> dict[str, NetworkSpec]:
             for name, of in LIGHT_NETWORKS.items()}
 
 
+def vae_networks(choice: str) -> tuple[str, str]:
+    """(encoder, decoder) network names of a VAE choice (:data:`VAE_CHOICES`); a ValueError lists the choices."""
+    try:
+        return VAE_CHOICES[choice]
+    except (KeyError, TypeError):
+        raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, got {choice!r}") from None
+
+
+def vae_variants(networks: Any) -> tuple[str, ...]:
+    """The VAE choices a set of network names can run (in :data:`VAE_CHOICES` order)."""
+    have = set(networks)
+    return tuple(c for c, pair in VAE_CHOICES.items() if set(pair) <= have)
+
+
 # ------------------------------------------------------------------------- the PyTorch side of each network
 
 
@@ -283,6 +304,6 @@ def torch_modules(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torc
             "vae_decoder": VAEDecoderWrapper(vae).eval()}
 
 
-__all__ = ["LIGHT_NETWORKS", "NETWORK_NAMES", "LightDecoderWrapper", "LightEncoderWrapper", "NetworkSpec",
-           "ShapeRange", "TensorSpec", "describe_light_networks", "describe_networks", "light_modules",
-           "torch_modules", "vae_scale_factor"]
+__all__ = ["LIGHT_NETWORKS", "NETWORK_NAMES", "VAE_CHOICES", "LightDecoderWrapper", "LightEncoderWrapper",
+           "NetworkSpec", "ShapeRange", "TensorSpec", "describe_light_networks", "describe_networks", "light_modules",
+           "torch_modules", "vae_networks", "vae_scale_factor", "vae_variants"]

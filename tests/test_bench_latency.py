@@ -88,8 +88,8 @@ def test_run_latency_report_and_markdown(pipe: DepthPipeline) -> None:
     report = run_latency([BackendChoice("torch", pipe), BackendChoice("tensorrt", None, "no TensorRT here")], s,
                          progress=lambda _: None)
     assert set(report) == {"settings", "backends", "summary"}
-    assert report["settings"] == {"resolution": 64, "steps": 1, "ensemble": 2, "spacing": "trailing", "seed": 0,
-                                  "images": 2, "batch_size": 2, "warmup": 0, "repeats": 1}
+    assert report["settings"] == {"resolution": 64, "steps": 1, "ensemble": 2, "spacing": "trailing", "vae": None,
+                                  "seed": 0, "images": 2, "batch_size": 2, "warmup": 0, "repeats": 1}
     torch_row = report["backends"][0]
     assert torch_row["speedup_vs_torch"] == 1.0 and torch_row["unet_calls_per_run"] == 2  # 4 rows, 2 per call
     assert report["summary"] == {"overhead_backend": "torch", "overhead_fraction": torch_row["overhead_fraction_p50"]}

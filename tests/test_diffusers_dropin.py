@@ -156,8 +156,8 @@ class _Decoded:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        self.decoded.append(self.inner.decode(latent))
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        self.decoded.append(self.inner.decode(latent, network))
         return self.decoded[-1]
 
 

@@ -52,8 +52,8 @@ class _Recorder:
         self.denoised.append(sample)
         return self.inner.denoise(sample, timestep, hidden)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        self.decoded.append(self.inner.decode(latent))
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        self.decoded.append(self.inner.decode(latent, network))
         return self.decoded[-1]
 
 

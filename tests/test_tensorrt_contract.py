@@ -67,9 +67,10 @@ def test_build_follows_the_contract(exports: dict[str, Path], tmp_path: Path,
     log: list[str] = []
     m = _built(exports, "dynamic", tmp_path, monkeypatch, log=log)
     builds = {b["onnx"]: b for b in fake.STATE.builds}
-    # the three networks from the graphs made for TensorRT, the fallback decoder from the fp32 graph
-    assert set(builds) == {f"{n}.{TENSORRT_PRECISION}.onnx" for n in ("unet", "vae_encoder", "vae_decoder")} | {
-        "vae_decoder.onnx"}
+    # the five networks (the light VAE's two too) from the graphs made for TensorRT, the fallback decoder from the
+    # fp32 graph
+    nets = ("unet", "vae_encoder", "vae_decoder", "vae_encoder_light", "vae_decoder_light")
+    assert set(builds) == {f"{n}.{TENSORRT_PRECISION}.onnx" for n in nets} | {"vae_decoder.onnx"}
     want = profiles(int(m.data["vae_scale_factor"]), tuple(m.data["empty_text_embedding"]["shape"]), m.shapes)
     for name, onnx_name in (("unet", "unet.fp16-trt.onnx"), ("vae_encoder", "vae_encoder.fp16-trt.onnx"),
                             ("vae_decoder", "vae_decoder.fp16-trt.onnx"), (FALLBACK_DECODER, "vae_decoder.onnx")):
@@ -81,11 +82,14 @@ def test_build_follows_the_contract(exports: dict[str, Path], tmp_path: Path,
         assert (m.root / m.data["tensorrt"]["files"][name]).is_file()
         est = m.data["tensorrt"]["memory_estimate"][name]
         assert est["weights_bytes"] > 0 and est["attention_scores_bytes"] > 0
+    for name in ("vae_encoder_light", "vae_decoder_light"):  # profiles of the networks they stand in for
+        assert builds[f"{name}.{TENSORRT_PRECISION}.onnx"]["profile"] == want[name.removesuffix("_light")]
+        assert m.data["tensorrt"]["files"][name] == engine_file(name, "10.13.0.35", RTX)
     # engines are written as the builder's bytes: nothing deserialised (and kept on the GPU) during the build
     assert fake.STATE.deserialised == []
     assert m.data["tensorrt"]["timing_cache"] == "timing.trt10.13.0.35.nvidia-geforce-rtx-3090.cache"
     assert all(b["timing_cache"].endswith(m.data["tensorrt"]["timing_cache"]) for b in builds.values())
-    assert sum("memory estimate at the largest shape" in line for line in log) == 4
+    assert sum("memory estimate at the largest shape" in line for line in log) == 6
 
 
 @pytest.mark.slow
@@ -204,9 +208,12 @@ def test_backend_returns_what_the_engines_compute(exports: dict[str, Path], tmp_
     m = _built(exports, "dynamic", tmp_path, monkeypatch)
     trt, ort = _pipelines(m)
     images = _images()
-    for ens in (1, 3):  # both backends on host memory here: the same seed draws the same noise
-        a = trt(images, ensemble=ens, steps=2, seed=1).depth
-        b = ort(images, ensemble=ens, steps=2, seed=1).depth
+    assert trt.backend.vae_variants == ort.backend.vae_variants == ("full", "light", "light-encoder",
+                                                                    "light-decoder")
+    for ens, vae in ((1, "full"), (3, "full"), (1, "light"), (2, "light-decoder")):
+        # both backends on host memory here: the same seed draws the same noise
+        a = trt(images, ensemble=ens, steps=2, seed=1, vae=vae).depth
+        b = ort(images, ensemble=ens, steps=2, seed=1, vae=vae).depth
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert trt.backend.fallbacks == 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agdepth.networks import VAE_CHOICES
 from agdepth.schedule import TIMESTEP_SPACINGS
 
 # For directories whose model_index.json does not say. diffusers' MarigoldDepthPipeline raises in that case unless
@@ -15,6 +16,7 @@ FALLBACK_STEPS = 50
 FALLBACK_PROCESSING_RESOLUTION = 768
 FALLBACK_ENSEMBLE_SIZE = 1
 FALLBACK_TIMESTEP_SPACING = "leading"
+FALLBACK_VAE = "full"  # the checkpoint's own VAE; "light" needs a vae_light/ (depth-train distill-vae)
 
 # Where each setting sits in model_index.json: diffusers' MarigoldDepthPipeline reads the two top-level keys (as
 # Marigold v1.1 writes them); ensemble size and spacing are agdepth's own, in its "agdepth" section.
@@ -31,17 +33,20 @@ class RuntimeDefaults:
     processing_resolution: int = FALLBACK_PROCESSING_RESOLUTION  # longer edge; 0 = native resolution
     ensemble_size: int = FALLBACK_ENSEMBLE_SIZE
     timestep_spacing: str = FALLBACK_TIMESTEP_SPACING
+    vae: str = FALLBACK_VAE  # a key of agdepth.networks.VAE_CHOICES
     # settings no file gave, which diffusers would refuse to guess ("steps", "processing_resolution")
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
+        if self.vae not in VAE_CHOICES:
+            raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, got {self.vae!r}")
         object.__setattr__(self, "assumed", tuple(self.assumed))  # a JSON list when read from a manifest
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "processing_resolution": self.processing_resolution,
-                "ensemble_size": self.ensemble_size, "timestep_spacing": self.timestep_spacing,
+                "ensemble_size": self.ensemble_size, "timestep_spacing": self.timestep_spacing, "vae": self.vae,
                 "assumed": list(self.assumed)}
 
     def describe_assumed(self) -> str:
@@ -62,7 +67,8 @@ class RuntimeDefaults:
         """Read ``model_index.json`` (agdepth or official Marigold); missing or null values fall back.
 
         The spacing comes from ``model_index["agdepth"]``, else from the scheduler config (what diffusers'
-        pipeline would use for an official Marigold directory), else "leading".
+        pipeline would use for an official Marigold directory), else "leading"; the VAE from ``model_index["agdepth"]``,
+        else "full".
         """
         index = model_index or {}
         extra = index.get(SECTION_KEY) or {}
@@ -80,13 +86,15 @@ class RuntimeDefaults:
             timestep_spacing=str(
                 pick(extra.get("timestep_spacing"), sched.get("timestep_spacing"), FALLBACK_TIMESTEP_SPACING)
             ),
+            vae=str(pick(extra.get("vae"), FALLBACK_VAE)),
             assumed=assumed,
         )
 
     def model_index_entries(self) -> dict[str, Any]:
         """The inverse of :meth:`from_model_index`: the top-level keys and the ``"agdepth"`` section's keys that
         write these settings into ``model_index.json`` (the writer merges them into its index)."""
-        return _index_entries(self.steps, self.processing_resolution, self.ensemble_size, self.timestep_spacing)
+        return _index_entries(self.steps, self.processing_resolution, self.ensemble_size, self.timestep_spacing,
+                              self.vae)
 
     @staticmethod
     def unset_model_index_entries(timestep_spacing: str) -> dict[str, Any]:
@@ -95,10 +103,14 @@ class RuntimeDefaults:
         return _index_entries(None, None, None, timestep_spacing)
 
 
-def _index_entries(steps: int | None, resolution: int | None, ensemble: int | None, spacing: str) -> dict[str, Any]:
-    # key order is the order checkpoints have always been written in
-    return {STEPS_KEY: steps, RESOLUTION_KEY: resolution,
-            SECTION_KEY: {"ensemble_size": ensemble, "timestep_spacing": spacing}}
+def _index_entries(steps: int | None, resolution: int | None, ensemble: int | None, spacing: str,
+                   vae: str = FALLBACK_VAE) -> dict[str, Any]:
+    # key order is the order checkpoints have always been written in; "vae" only when it is not the full VAE (a
+    # checkpoint without vae_light/ has no choice to record)
+    section: dict[str, Any] = {"ensemble_size": ensemble, "timestep_spacing": spacing}
+    if vae != FALLBACK_VAE:
+        section["vae"] = vae
+    return {STEPS_KEY: steps, RESOLUTION_KEY: resolution, SECTION_KEY: section}
 
 
 __all__ = ["RuntimeDefaults"]

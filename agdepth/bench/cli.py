@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from agdepth.networks import VAE_CHOICES
 from agdepth.runtime.options import (
     DEFAULT_BATCH_SIZE,
     DEVICES,
@@ -153,8 +154,8 @@ def _finish(title: str, report: dict[str, Any], body: str, json_path: Path | Non
 def latency_suite(engine: Path | None = None, checkpoint: Path | None = None, random_weights: str | None = None,
                   device: str = "auto", backends: str = DEFAULT_BACKENDS, processing_res: int | None = None,
                   steps: int | None = None, ensemble: int | None = None, timestep_spacing: str | None = None,
-                  seed: int = 0, images: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, warmup: int = 2,
-                  repeats: int = 20, compile_mode: str | None = None, quick: bool = False,
+                  vae: str | None = None, seed: int = 0, images: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
+                  warmup: int = 2, repeats: int = 20, compile_mode: str | None = None, quick: bool = False,
                   work_dir: Path = Path(".bench")) -> tuple[dict[str, Any], list[str]]:
     """Run the latency suite; returns the report and the checks that failed (quick mode; wall-time relations are
     reported in the report, never returned as failed)."""
@@ -174,7 +175,7 @@ def latency_suite(engine: Path | None = None, checkpoint: Path | None = None, ra
     if quick:
         warmup, repeats = 1, 3
     s = LatencySettings(resolution=res, steps=steps or d.steps, ensemble=ensemble or d.ensemble_size,
-                        spacing=timestep_spacing or d.timestep_spacing, seed=seed, images=images,
+                        spacing=timestep_spacing or d.timestep_spacing, vae=vae or d.vae, seed=seed, images=images,
                         batch_size=batch_size, warmup=warmup, repeats=repeats)
     names = [n.strip() for n in backends.split(",") if n.strip()]
     choices = choose_backends(names, checkpoint, _engines_dir(engine), random_weights, device, compile_mode, res,
@@ -222,13 +223,14 @@ def _latency_checks(report: dict[str, Any], requested: list[str]) -> list[dict[s
 @_output_options
 def latency(engine: Path | None, checkpoint: Path | None, device: str, random_weights: str | None, backends: str,
             steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
-            seed: int, batch_size: int, images: int, warmup: int, repeats: int, compile_mode: str | None,
-            work_dir: Path, quick: bool, json_path: Path | None, md_path: Path | None) -> None:
+            vae: str | None, seed: int, batch_size: int, images: int, warmup: int, repeats: int,
+            compile_mode: str | None, work_dir: Path, quick: bool, json_path: Path | None,
+            md_path: Path | None) -> None:
     """Wall time per stage (preprocess, VAE encode, U-Net per step, VAE decode, ensembling, write), p50/p90,
     images/s and peak memory, for each backend on the same images in one run."""
     try:
         report, failed = latency_suite(engine, checkpoint, random_weights, device, backends, processing_res, steps,
-                                       ensemble, timestep_spacing, seed, images, batch_size, warmup, repeats,
+                                       ensemble, timestep_spacing, vae, seed, images, batch_size, warmup, repeats,
                                        compile_mode, quick, work_dir)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
@@ -250,17 +252,22 @@ def _ints(text: str, what: str) -> list[int]:
 def frontier_suite(engine: Path | None = None, checkpoint: Path | None = None, device: str = "auto",
                    steps: str = "1,2,4,10,50", ensembles: str = "1,5,10", spacings: str = "leading,trailing",
                    count: int = 20, latency_repeats: int = 3, seed: int = 0, quick: bool = False,
-                   png: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+                   png: Path | None = None, vaes: str | None = None) -> tuple[dict[str, Any], list[str]]:
     from agdepth.bench.frontier import grid, plot_frontier, run_frontier
     from agdepth.bench.report import report_meta
 
     if quick:
-        steps, ensembles, spacings, count, latency_repeats = "1,4", "1,2", "trailing", 2, 3
+        steps, ensembles, spacings, count, latency_repeats, vaes = "1,4", "1,2", "trailing", 2, 3, "full"
     report = report_meta()
     pipe = open_pipeline(engine, checkpoint, device)
     label = str(engine or checkpoint or "bundled tiny model (agdepth/weights/tiny)")
+    # default: the full VAE, and the light one when the model has it
+    vae_list = ([v for v in ("full", "light") if v in pipe.backend.vae_variants] if vaes is None
+                else [v.strip() for v in vaes.split(",") if v.strip()])
+    for v in vae_list:
+        pipe.vae_choice(v)  # unknown or unavailable: a ValueError naming the choices, before any work
     settings = grid(_ints(steps, "--steps"), _ints(ensembles, "--ensembles"),
-                    [v.strip() for v in spacings.split(",") if v.strip()])
+                    [v.strip() for v in spacings.split(",") if v.strip()], vae_list)
     report.update(run_frontier(pipe, settings, count=count, latency_repeats=latency_repeats, seed=seed, model=label))
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -294,18 +301,24 @@ def frontier_suite(engine: Path | None = None, checkpoint: Path | None = None, d
 @click.option("--ensembles", default="1,5,10", show_default=True, help="Ensemble sizes of the grid.")
 @click.option("--spacings", default="leading,trailing", show_default=True,
               help=f"Timestep spacings of the grid ({', '.join(TIMESTEP_SPACINGS)}).")
+@click.option("--vaes", default=None,
+              help=f"VAE choices of the grid ({', '.join(VAE_CHOICES)}). Default: full, and light when the model "
+                   "has a light VAE.")
 @click.option("--count", type=int, default=20, show_default=True, help="Test scenes per unseen procedural domain.")
 @click.option("--latency-repeats", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the plot here.")
 @_output_options
 def frontier(engine: Path | None, checkpoint: Path | None, device: str, steps: str, ensembles: str, spacings: str,
-             count: int, latency_repeats: int, seed: int, png: Path | None, quick: bool, json_path: Path | None,
-             md_path: Path | None) -> None:
+             vaes: str | None, count: int, latency_repeats: int, seed: int, png: Path | None, quick: bool,
+             json_path: Path | None, md_path: Path | None) -> None:
     """Accuracy (AbsRel, δ1, edge F1 on the procedural unseen domains) against latency over steps × ensemble ×
-    spacing, with the Pareto front, and the default setting against the paper's 50×10."""
-    report, failed = frontier_suite(engine, checkpoint, device, steps, ensembles, spacings, count, latency_repeats,
-                                    seed, quick, png)
+    spacing × VAE, with the Pareto front, and the default setting against the paper's 50×10 (full VAE)."""
+    try:
+        report, failed = frontier_suite(engine, checkpoint, device, steps, ensembles, spacings, count,
+                                        latency_repeats, seed, quick, png, vaes)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     from agdepth.bench.frontier import markdown
 
     body = markdown(report) + (f"\n\n![frontier]({png.name})" if png is not None else "")

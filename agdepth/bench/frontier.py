@@ -1,13 +1,14 @@
-"""``depth-bench frontier``: accuracy against latency over inference settings (steps × ensemble × spacing).
+"""``depth-bench frontier``: accuracy against latency over inference settings (steps × ensemble × spacing × VAE).
 
 Accuracy is the procedural unseen domains scored by :func:`agdepth.evaluation.procedural.evaluate_on_domains` (the
 project's one protocol for them); latency is the pipeline's own ``timings["total"]`` of one 128² image. The Pareto
 front over (latency, mean AbsRel) shows what each extra U-Net call buys, and the report compares the checkpoint's
-default setting with Marigold's published 50 steps × 10 members (leading spacing).
+default setting with Marigold's published 50 steps × 10 members (leading spacing, the full VAE).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,22 +34,23 @@ class Setting:
     steps: int
     ensemble: int
     spacing: str
+    vae: str = "full"  # a key of agdepth.networks.VAE_CHOICES
 
     @property
     def label(self) -> str:
-        return f"{self.steps}x{self.ensemble} {self.spacing}"
+        return f"{self.steps}x{self.ensemble} {self.spacing}" + ("" if self.vae == "full" else f" {self.vae} VAE")
 
     @property
     def unet_calls_per_image(self) -> int:
         return self.steps * self.ensemble
 
 
-PAPER = Setting(50, 10, "leading")  # Marigold's published inference setting
+PAPER = Setting(50, 10, "leading", "full")  # Marigold's published inference setting
 
 
 def grid(steps: Sequence[int] = (1, 2, 4, 10, 50), ensembles: Sequence[int] = (1, 5, 10),
-         spacings: Sequence[str] = ("leading", "trailing")) -> list[Setting]:
-    return [Setting(s, e, sp) for sp in spacings for s in steps for e in ensembles]
+         spacings: Sequence[str] = ("leading", "trailing"), vaes: Sequence[str] = ("full",)) -> list[Setting]:
+    return [Setting(s, e, sp, v) for v in vaes for sp in spacings for s in steps for e in ensembles]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -72,7 +74,8 @@ def _mean(values: list[float]) -> float:
 def _latency(pipe: DepthPipeline, s: Setting, image: np.ndarray, seed: int, repeats: int) -> dict[str, float]:
     """Per-stage timings of the median-total run (the lower median for even ``repeats``), after one warm-up."""
     def once() -> dict[str, float]:
-        return pipe([image], steps=s.steps, ensemble=s.ensemble, timestep_spacing=s.spacing, seed=seed).timings
+        return pipe([image], steps=s.steps, ensemble=s.ensemble, timestep_spacing=s.spacing, vae=s.vae,
+                    seed=seed).timings
 
     once()  # warm-up: first calls pay allocator/kernel-selection costs no later call pays
     runs = sorted((once() for _ in range(max(1, repeats))), key=lambda t: t["total"])
@@ -112,20 +115,20 @@ def run_frontier(pipe: DepthPipeline, settings: Sequence[Setting], count: int = 
     """Accuracy (per unseen domain and mean) and single-image latency for each setting; the Pareto front over
     (latency, mean AbsRel); the default-vs-paper comparison. ``model`` only names the model in the report."""
     d = pipe.backend.defaults
-    default = Setting(d.steps, d.ensemble_size, d.timestep_spacing)
+    default = Setting(d.steps, d.ensemble_size, d.timestep_spacing, d.vae)
     settings = list(dict.fromkeys([*settings, default]))  # the default is always measured; no setting twice
     image = render_scene(EVAL_DOMAINS[0], 0, size=(128, 128), split="test").rgb
     rows: list[dict[str, Any]] = []
     for s in tqdm(settings, desc="frontier", disable=not progress):
         def predict(images: list[np.ndarray], s: Setting = s) -> np.ndarray:
             batch: list[ImageInput] = list(images)  # the pipeline's list type is invariant
-            out = pipe(batch, steps=s.steps, ensemble=s.ensemble, timestep_spacing=s.spacing, seed=seed)
+            out = pipe(batch, steps=s.steps, ensemble=s.ensemble, timestep_spacing=s.spacing, vae=s.vae, seed=seed)
             return np.asarray(out.depth)
 
         res = evaluate_on_domains(predict, EVAL_DOMAINS, count, size, progress=False)
         per_domain = {dom: {k: float(res[dom][k]) for k in METRICS} for dom in EVAL_DOMAINS}
         timings = _latency(pipe, s, image, seed, latency_repeats)
-        rows.append({"setting": s.label, "steps": s.steps, "ensemble": s.ensemble, "spacing": s.spacing,
+        rows.append({"setting": s.label, "steps": s.steps, "ensemble": s.ensemble, "spacing": s.spacing, "vae": s.vae,
                      "unet_calls_per_image": s.unet_calls_per_image, "latency_s": timings["total"],
                      "timings": timings, "metrics": per_domain,
                      "mean": {k: _mean([per_domain[dom][k] for dom in EVAL_DOMAINS]) for k in METRICS}})
@@ -148,11 +151,12 @@ def plot_frontier(report: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(8, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for spacing, marker in (("leading", "s"), ("trailing", "o")):
-        sel = [r for r in rows if r["spacing"] == spacing]
+    for (spacing, marker), vae in itertools.product((("leading", "s"), ("trailing", "o")),
+                                                   dict.fromkeys(r.get("vae", "full") for r in rows)):
+        sel = [r for r in rows if r["spacing"] == spacing and r.get("vae", "full") == vae]
         if sel:
             ax.scatter([1000 * r["latency_s"] for r in sel], [100 * r["mean"]["abs_rel"] for r in sel],
-                       marker=marker, label=spacing, alpha=0.8)
+                       marker=marker, label=f"{spacing}, {vae} VAE", alpha=0.8)
     for r in rows:
         ax.annotate(r["setting"], (1000 * r["latency_s"], 100 * r["mean"]["abs_rel"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")

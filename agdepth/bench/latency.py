@@ -36,6 +36,7 @@ class LatencySettings:
     steps: int
     ensemble: int
     spacing: str
+    vae: str | None = None  # the VAE choice (None: the model's default)
     seed: int = 0  # noise seed of the first run (warm-up included); run i uses seed + i
     images: int = 1  # images per pipeline call
     batch_size: int = 0  # the pipeline's batch_size: at most this many rows per network call (0 = all at once)
@@ -70,14 +71,14 @@ class TimedBackend:
         self.calls_by_network[network] += 1
         return out
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self._timed("encode", self._backend.encode, rgb)
+    def encode(self, rgb: torch.Tensor, network: str = "vae_encoder") -> torch.Tensor:
+        return self._timed("encode", lambda x: self._backend.encode(x, network), rgb)
 
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self._timed("denoise", self._backend.denoise, sample, timestep, text)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self._timed("decode", self._backend.decode, latent)
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        return self._timed("decode", lambda z: self._backend.decode(z, network), latent)
 
 
 def _read_hwm_kib() -> int | None:
@@ -141,7 +142,7 @@ def measure(pipe: DepthPipeline, s: LatencySettings, images: list[np.ndarray] | 
         for i in range(s.warmup + s.repeats):
             timed.network_seconds = 0.0
             out = run(images, steps=s.steps, ensemble=s.ensemble, processing_res=s.resolution,
-                      timestep_spacing=s.spacing, seed=s.seed + i, batch_size=batch_size)
+                      timestep_spacing=s.spacing, vae=s.vae, seed=s.seed + i, batch_size=batch_size)
             t0 = time.perf_counter()
             for j, depth in enumerate(out.depth):  # new files each run, as depth-run writes (no overwrite)
                 write_depth_png16(target / f"{i}_{j}.png", depth)
@@ -206,17 +207,21 @@ def checkpoint_defaults(checkpoint: Path | None, random_weights: str | None) -> 
 def torch_pipeline(checkpoint: Path | None, random_weights: str | None, device: str, dtype: torch.dtype,
                    compile_mode: str | None = None) -> DepthPipeline:
     """PyTorch eager (``compile_mode`` None), or ``torch.compile`` of the U-Net ("default", or "reduce-overhead":
-    CUDA graphs). ``random_weights="sd2"`` builds SD2's architecture with random weights (same cost as the real one)."""
+    CUDA graphs). ``random_weights="sd2"`` builds SD2's architecture with random weights (same cost as the real one),
+    and a light VAE of the sd2 config's size (``depth-train distill-vae --config sd2``), random too."""
     from agdepth import default_checkpoint
     from agdepth.artifacts.checkpoint import marigold_schedule
     from agdepth.runtime.backends.torch_backend import TorchBackend
 
     if random_weights == "sd2":
+        from agdepth.light_vae import build_light_vae
         from agdepth.models import build_sd2_random
+        from agdepth.training.config import load_config
 
         m = build_sd2_random(torch_dtype=dtype)
+        light = build_light_vae(**load_config("sd2").light_vae.kwargs())
         backend = TorchBackend(m.unet, m.vae, m.empty_text_embedding, marigold_schedule("trailing"),
-                               sd2_random_defaults(), device, dtype)
+                               sd2_random_defaults(), device, dtype, light_vae=light)
     elif random_weights is not None:
         raise ValueError(f"--random-weights: only 'sd2' is known, got {random_weights!r}")
     else:
@@ -407,7 +412,8 @@ def markdown(report: dict[str, Any]) -> str:
     ms = 1000.0
     rows_per_call = ("all rows in one network call (up to the backend's max batch)" if s["batch_size"] == 0
                      else f"at most {s['batch_size']} row(s) per network call")
-    lines = [f"Setting: {s['steps']} step(s) × {s['ensemble']} member(s), {s['spacing']} spacing, "
+    vae = f"{s['vae']} VAE" if s.get("vae") else "the model's VAE"
+    lines = [f"Setting: {s['steps']} step(s) × {s['ensemble']} member(s), {s['spacing']} spacing, {vae}, "
              f"{s['resolution']} px, {s['images']} image(s) per call, {rows_per_call}; "
              f"{s['warmup']} warm-up + {s['repeats']} measured runs per backend "
              "(p50 unless noted). *networks* is the time inside network calls; *overhead* is everything else "

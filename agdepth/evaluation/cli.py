@@ -65,15 +65,17 @@ class _ModelPredictor:
 
 
 def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, steps: int | None,
-                     ensemble: int | None, spacing: str | None, processing_res: int | None, seed: int,
-                     batch_size: int) -> tuple[Predictor, dict[str, Any]]:
+                     ensemble: int | None, spacing: str | None, processing_res: int | None, vae: str | None,
+                     seed: int, batch_size: int) -> tuple[Predictor, dict[str, Any]]:
     pipe = open_pipeline(engine, checkpoint, device)
     steps_, ens, res, spacing_ = pipe.check_settings(steps, ensemble, processing_res, spacing)
-    used = {"steps": steps_, "ensemble": ens, "timestep_spacing": spacing_, "processing_res": res, "seed": seed}
+    vae_ = pipe.vae_choice(vae)
+    used = {"steps": steps_, "ensemble": ens, "timestep_spacing": spacing_, "processing_res": res, "vae": vae_,
+            "seed": seed}
 
     def predict(sample: EvalSample) -> np.ndarray:
         out = pipe([sample.rgb], steps=steps_, ensemble=ens, seed=seed, processing_res=res,
-                   timestep_spacing=spacing_, batch_size=batch_size)
+                   timestep_spacing=spacing_, vae=vae_, batch_size=batch_size)
         return out.depth[0]
 
     return predict, used
@@ -108,9 +110,9 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
 @click.option("--no-progress", is_flag=True)
 def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, device: str,
         predictions: Path | None, steps: int | None, ensemble: int | None, timestep_spacing: str | None,
-        processing_res: int | None, seed: int, batch_size: int, alignment: str | None, min_depth: float | None,
-        max_depth: float | None, filename_list: Path | None, kitti_crop: str, count: int, size: int,
-        label: str | None, out: Path | None, save_predictions: bool, overwrite: bool, allow_failures: bool,
+        processing_res: int | None, vae: str | None, seed: int, batch_size: int, alignment: str | None,
+        min_depth: float | None, max_depth: float | None, filename_list: Path | None, kitti_crop: str, count: int,
+        size: int, label: str | None, out: Path | None, save_predictions: bool, overwrite: bool, allow_failures: bool,
         no_progress: bool) -> None:
     """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row.
 
@@ -151,7 +153,7 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         res = processing_res if processing_res is not None else ds.processing_res
         try:
             predict, used = _model_predictor(engine, checkpoint, device, steps, ensemble, timestep_spacing, res,
-                                             seed, batch_size)
+                                             vae, seed, batch_size)
         except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
             raise click.UsageError(str(e)) from e
         kind = "engine" if engine else "checkpoint"

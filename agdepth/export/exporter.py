@@ -1,5 +1,8 @@
-"""Export a checkpoint's three networks to ONNX (fp32, and fp16 on request), validate them against PyTorch, and
-write the engines directory the runtime reads (its layout: :mod:`agdepth.artifacts.manifest`)."""
+"""Export a checkpoint's networks to ONNX (fp32, and fp16 on request), validate them against PyTorch, and write the
+engines directory the runtime reads (its layout: :mod:`agdepth.artifacts.manifest`).
+
+The networks: the U-Net, the VAE's encoder and decoder, and the light VAE's encoder and decoder when the checkpoint
+has a ``vae_light/`` (:mod:`agdepth.light_vae`); the manifest's ``vae_variants`` lists the VAE choices they allow."""
 
 from __future__ import annotations
 
@@ -24,7 +27,17 @@ from agdepth.artifacts.manifest import (
     write_manifest,
 )
 from agdepth.artifacts.tensorrt import tensorrt_status
-from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks, torch_modules, vae_scale_factor
+from agdepth.networks import (
+    LIGHT_NETWORKS,
+    NETWORK_NAMES,
+    ShapeRange,
+    describe_light_networks,
+    describe_networks,
+    light_modules,
+    torch_modules,
+    vae_scale_factor,
+    vae_variants,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +94,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
     emb = models.empty_text_embedding.float()
     specs = describe_networks(f, emb.shape[1], emb.shape[2])
     modules = torch_modules(models.unet.eval(), models.vae.eval())
+    if "vae_light" in models.extra:
+        specs.update(describe_light_networks(f))
+        modules.update(light_modules(models.extra["vae_light"]))
     max_res = max(opts.max_resolution, opts.opt_resolution or 0)
     opt_res = opts.opt_resolution or min(defaults.processing_resolution or max_res, max_res)  # 0 = native size
     shapes = ShapeRange.for_model(f, max_res, opt_res, opts.max_batch,
@@ -100,7 +116,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
     networks: dict[str, dict[str, Any]] = {p: {} for p in precisions}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        for name in NETWORK_NAMES:
+        for name in specs:
             spec, module = specs[name], modules[name]
             progress(f"[{name}] exporting to ONNX (opset {opts.opset}) ...")
             # trace at an odd latent size: diffusers' U-Net then sizes each upsampling from the skip tensor's shape
@@ -140,6 +156,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             "shapes": shapes.to_dict(),
             "static": opts.static,
             "networks": networks,
+            "vae_variants": list(vae_variants(specs)),
             # the schedule the PyTorch backend runs (a checkpoint without a scheduler config gets Marigold's), with
             # its _class_name (the kind: DDIM or LCM); a manifest without one is read as DDIM
             "scheduler": {k: v for k, v in checkpoint_schedule(sched_cfg).to_diffusers_config().items()
@@ -158,7 +175,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Expo
             progress("[fp16] end-to-end check against fp32 ...")
             manifest["fp16_check"] = fp16_depth_check(Manifest(tmp, manifest), checkpoint, opts.fp16_tolerance)
             write_manifest(tmp, manifest)
-            progress(f"[fp16] depth AbsRel vs fp32 {manifest['fp16_check']['abs_rel']:.2e} "
+            check = manifest["fp16_check"]
+            light = f", light VAE {check['light']['abs_rel']:.2e}" if "light" in check else ""
+            progress(f"[fp16] depth AbsRel vs fp32 {check['abs_rel']:.2e}{light} "
                      f"(tolerance {opts.fp16_tolerance:.0e}), outputs finite")
     return Manifest(out_dir, manifest)
 
@@ -168,7 +187,8 @@ def _build_from_manifest(manifest: Manifest, progress: Callable[[str], None]) ->
 
     # exports made before the TensorRT graphs existed: their ONNX Runtime fp16 graphs
     prec = TENSORRT_PRECISION if TENSORRT_PRECISION in manifest.precisions else "fp16"
-    onnx_files = {name: manifest.path(name, prec) for name in NETWORK_NAMES}
+    names = [n for n in manifest.data["networks"][prec] if n in NETWORK_NAMES or n in LIGHT_NETWORKS]
+    onnx_files = {name: manifest.path(name, prec) for name in names}
     onnx_files[FALLBACK_DECODER] = manifest.path("vae_decoder", "fp32")  # for fp16 overflows at run time
     info = build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
                          tuple(manifest.data["empty_text_embedding"]["shape"]), manifest.shapes, progress=progress)
@@ -189,8 +209,9 @@ def build_engines_only(engines_dir: str | Path, progress: Callable[[str], None] 
 
 
 def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> dict[str, Any]:
-    """Depth of procedural scenes through the fp32 and the fp16 graphs (same noise, the checkpoint's defaults):
-    NaN/Inf anywhere or an AbsRel between the two above ``tolerance`` fails the export."""
+    """Depth of procedural scenes through the fp32 and the fp16 graphs (same noise, the checkpoint's defaults), with
+    the full VAE and, when exported, the light one: NaN/Inf anywhere or an AbsRel between the two above ``tolerance``
+    fails the export. Returns the full VAE's errors at the top level and the light VAE's under ``"light"``."""
     from agdepth.data.procedural import render_scene
     from agdepth.export.onnx_export import ExportValidationError
     from agdepth.metrics import backend_agreement
@@ -199,27 +220,35 @@ def fp16_depth_check(manifest: Manifest, checkpoint: Path, tolerance: float) -> 
 
     images = [render_scene(d, 0, size=(96, 128), split="test").rgb for d in ("indoor", "street", "tabletop")]
     res = min(manifest.shapes.opt_resolution, manifest.shapes.max_resolution)
-    depth = {}
+    variants = [v for v in ("full", "light") if v in manifest.data.get("vae_variants", ["full"])]
+    depth: dict[str, dict[str, Any]] = {v: {} for v in variants}
     latents = None
     for prec in [p for p in ("fp32", "fp16", TENSORRT_PRECISION) if p in manifest.precisions]:
         pipe = DepthPipeline(OnnxBackend(manifest, prec))
         latents = latents or pipe.initial_latents(images, processing_res=res, seed=0)
-        depth[prec] = pipe(images, processing_res=res, latents=latents).depth
-        if not np.isfinite(depth[prec]).all():
-            raise ExportValidationError(f"{prec} depth has NaN/Inf")
-    errors = {}
-    for prec in depth:
-        if prec == "fp32":
-            continue
-        pairs = zip(depth[prec], depth["fp32"], strict=True)
-        errors[prec] = err = float(np.mean([backend_agreement(a, b)["abs_rel"] for a, b in pairs]))
-        if not err <= tolerance:
-            raise ExportValidationError(
-                f"{prec} depth differs from fp32 by AbsRel {err:.2e} > {tolerance:.0e}: keep fp32 for this model, or "
-                "add ops to the fp32 list (agdepth.export.onnx_export.FP16_BLOCKED_OPS)"
-            )
-    return {"abs_rel": errors["fp16"], "abs_rel_per_precision": errors, "tolerance": tolerance, "images": len(images),
-            "processing_resolution": res}
+        for vae in variants:
+            depth[vae][prec] = d = pipe(images, processing_res=res, latents=latents, vae=vae).depth
+            if not np.isfinite(d).all():
+                raise ExportValidationError(f"{prec} depth ({vae} VAE) has NaN/Inf")
+    out: dict[str, Any] = {}
+    for vae in variants:
+        errors = {}
+        for prec, d in depth[vae].items():
+            if prec == "fp32":
+                continue
+            pairs = zip(d, depth[vae]["fp32"], strict=True)
+            errors[prec] = err = float(np.mean([backend_agreement(a, b)["abs_rel"] for a, b in pairs]))
+            if not err <= tolerance:
+                raise ExportValidationError(
+                    f"{prec} depth ({vae} VAE) differs from fp32 by AbsRel {err:.2e} > {tolerance:.0e}: keep fp32 "
+                    "for this model, or add ops to the fp32 list (agdepth.export.onnx_export.FP16_BLOCKED_OPS)"
+                )
+        entry = {"abs_rel": errors["fp16"], "abs_rel_per_precision": errors}
+        if vae == "full":
+            out.update(entry)
+        else:
+            out[vae] = entry
+    return {**out, "tolerance": tolerance, "images": len(images), "processing_resolution": res}
 
 
 __all__ = ["ExportOptions", "Manifest", "build_engines_only", "export_checkpoint", "foreign_files", "onnx_file"]

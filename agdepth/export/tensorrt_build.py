@@ -23,14 +23,15 @@ from agdepth.artifacts.tensorrt import (  # noqa: F401  (re-exported: the build'
     tensorrt_status,
     timing_cache_file,
 )
-from agdepth.networks import NETWORK_NAMES, ShapeRange, describe_networks
+from agdepth.networks import ShapeRange, describe_light_networks, describe_networks
 
 
 def profiles(vae_scale_factor: int, embedding_shape: tuple[int, ...], shapes: ShapeRange
              ) -> dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
-    """network -> input -> (min, opt, max): the optimisation profile of each engine."""
-    specs = describe_networks(vae_scale_factor, embedding_shape[1], embedding_shape[2])
-    return {name: specs[name].profile(shapes) for name in NETWORK_NAMES}
+    """network -> input -> (min, opt, max): the optimisation profile of each engine (the light VAE's too)."""
+    specs = {**describe_networks(vae_scale_factor, embedding_shape[1], embedding_shape[2]),
+             **describe_light_networks(vae_scale_factor)}
+    return {name: spec.profile(shapes) for name, spec in specs.items()}
 
 
 def build_engines(engines_dir: Path, onnx_files: dict[str, Path], vae_scale_factor: int,

@@ -62,8 +62,9 @@ def device_image(img: np.ndarray, device: torch.device) -> Any:
               help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
                    "skips images whose outputs are complete.")
 def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
-         steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None, seed: int,
-         batch_size: int, formats: str, uncertainty: bool, recursive: bool, overwrite: bool) -> None:
+         steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
+         vae: str | None, seed: int, batch_size: int, formats: str, uncertainty: bool, recursive: bool,
+         overwrite: bool) -> None:
     """Predict depth for image files and folders (INPUT...). Image i of the run uses seed + i, so a resumed run
     equals a whole one; images go through in groups that fit --batch-size."""
     t_start = time.perf_counter()
@@ -84,6 +85,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         sys.exit(2)
     try:  # every setting, against the model and its exported range, before any image is read
         steps_, ens, res, spacing = pipe.check_settings(steps, ensemble, processing_res, timestep_spacing)
+        vae_ = pipe.vae_choice(vae)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if uncertainty and ens < 2:
@@ -92,14 +94,14 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     if (steps is None and "steps" in d.assumed) or (processing_res is None and "processing_resolution" in d.assumed):
         click.echo(f"note: {d.describe_assumed()} (--steps, --processing-res)", err=True)
     settings = {"model": model_label(engine, checkpoint), "steps": steps_, "ensemble": ens,
-                "timestep_spacing": spacing, "processing_res": res, "seed": seed}
+                "timestep_spacing": spacing, "processing_res": res, "vae": vae_, "seed": seed}
     try:
         plan = plan_outputs(jobs, out, settings, overwrite)
     except OutputPlanError as e:
         raise click.UsageError(str(e)) from None
     skipped = f" | {len(plan.done)} done earlier, skipped" if plan.done else ""
     click.echo(f"{len(items)} image(s) -> {out} | {_backend_name(pipe)} | steps {steps_}, ensemble {ens}, {spacing}, "
-               f"processing res {res}{skipped}")
+               f"processing res {res}, {vae_} VAE{skipped}")
     for problem in failures:
         click.echo(f"error: {problem}", err=True)
 
@@ -114,7 +116,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     def predict(imgs: list[Any], seeds: list[int]) -> Any:
         # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
         lat = [pipe.initial_latents([img], ens, res, seed=s)[0] for img, s in zip(imgs, seeds, strict=True)]
-        return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing,
+        return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing, vae=vae_,
                     batch_size=batch_size, latents=lat, output_uncertainty=uncertainty)
 
     # A pipeline of three stages: the next images are read and decoded on reader threads (one chunk ahead, in input

@@ -2,8 +2,8 @@
 that opens a pipeline from them.
 
 Model: ``--engine``, ``--checkpoint``, ``--device`` (none of the first two: the bundled model on PyTorch).
-Inference: ``--steps``, ``--ensemble``, ``--timestep-spacing``, ``--processing-res``, ``--seed``, ``--batch-size``
-(None: the model's own default, see :class:`agdepth.artifacts.defaults.RuntimeDefaults`).
+Inference: ``--steps``, ``--ensemble``, ``--timestep-spacing``, ``--processing-res``, ``--vae``, ``--seed``,
+``--batch-size`` (None: the model's own default, see :class:`agdepth.artifacts.defaults.RuntimeDefaults`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from agdepth.networks import VAE_CHOICES
 from agdepth.runtime.backends import ENGINE_KINDS
 from agdepth.schedule import TIMESTEP_SPACINGS
 
@@ -48,7 +49,8 @@ def model_options(f: F) -> F:
 
 
 def inference_options(f: F) -> F:
-    """``--steps``, ``--ensemble``, ``--timestep-spacing``, ``--processing-res``, ``--seed``, ``--batch-size``."""
+    """``--steps``, ``--ensemble``, ``--timestep-spacing``, ``--processing-res``, ``--vae``, ``--seed``,
+    ``--batch-size``."""
     return _apply(f, [
         click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps. Default: the model's."),
         click.option("--ensemble", type=click.IntRange(min=1), default=None,
@@ -57,6 +59,9 @@ def inference_options(f: F) -> F:
                      help="How the DDIM timesteps are spread (diffusers' names). Default: the model's."),
         click.option("--processing-res", type=click.IntRange(min=0), default=None,
                      help="Longer side the networks see (0 = native). Default: the model's."),
+        click.option("--vae", type=click.Choice(list(VAE_CHOICES)), default=None,
+                     help="The VAE: the checkpoint's full one, its distilled light one (depth-train distill-vae), or "
+                          "the light encoder or decoder alone with the other full. Default: the model's."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Initial noise seed."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,

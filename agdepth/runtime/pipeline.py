@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from agdepth.artifacts.manifest import MANIFEST
 from agdepth.ensemble import ensemble_depth
-from agdepth.networks import LATENT_CHANNELS
+from agdepth.networks import LATENT_CHANNELS, VAE_CHOICES, vae_networks
 from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import (
     RESAMPLE_METHODS,
@@ -101,27 +101,37 @@ def _stack_or_list(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 
 class DepthPipeline:
-    """Monocular depth from RGB with a Marigold-style latent diffusion model, on any :class:`DepthBackend`."""
+    """Monocular depth from RGB with a Marigold-style latent diffusion model, on any :class:`DepthBackend`.
 
-    def __init__(self, backend: DepthBackend) -> None:
+    ``vae``: the VAE every call runs unless it passes its own (a key of :data:`agdepth.networks.VAE_CHOICES`:
+    "full", "light", "light-encoder", "light-decoder"); None = the checkpoint's recommendation
+    (``backend.defaults.vae``).
+    """
+
+    def __init__(self, backend: DepthBackend, vae: str | None = None) -> None:
         self.backend = backend
+        self.vae = vae
+        if vae is not None:
+            self.vae_choice(vae)  # refuse an unknown or unavailable choice now, not at the first call
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        vae: str | None = None,
     ) -> DepthPipeline:
         """PyTorch backend over a checkpoint directory (agdepth layout or an official Marigold directory)."""
         from agdepth.runtime.backends import open_checkpoint
 
-        return cls(open_checkpoint(path, device=device, dtype=dtype))
+        return cls(open_checkpoint(path, device=device, dtype=dtype), vae=vae)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, providers: list[str] | None = None,
-                        **kwargs: Any) -> DepthPipeline:
+                        vae: str | None = None, **kwargs: Any) -> DepthPipeline:
         """diffusers' loading call: a local Marigold / agdepth checkpoint directory (PyTorch, ``torch_dtype``), or an
         export (an engines directory, ``*.onnx``, ``*.plan``) as :meth:`from_engine` opens it. No hub downloads:
-        pass a local path. diffusers options this runtime does not implement raise rather than being ignored."""
+        pass a local path. diffusers options this runtime does not implement raise rather than being ignored.
+        ``vae="light"`` runs the checkpoint's light VAE (see the class docstring)."""
         if kwargs:
             raise TypeError(f"from_pretrained: unsupported argument(s) {', '.join(sorted(kwargs))} (a local directory "
                             "is loaded in full precision; pass torch_dtype= to cast it)")
@@ -130,20 +140,20 @@ class DepthPipeline:
             raise FileNotFoundError(f"{path} does not exist (from_pretrained loads local directories only)")
         is_checkpoint = path.is_dir() and not (path / MANIFEST).is_file()
         if is_checkpoint:
-            return cls.from_checkpoint(path, device=device or "cpu", dtype=torch_dtype or torch.float32)
+            return cls.from_checkpoint(path, device=device or "cpu", dtype=torch_dtype or torch.float32, vae=vae)
         if torch_dtype is not None:
             raise ValueError(f"{path}: an export's precision is chosen by the graph file (e.g. unet.fp16.onnx), "
                              "not torch_dtype")
-        return cls.from_engine(path, providers=providers, device=device)
+        return cls.from_engine(path, providers=providers, device=device, vae=vae)
 
     @classmethod
     def from_engine(cls, path: str | Path, providers: list[str] | None = None,
-                    device: str | torch.device | None = None) -> DepthPipeline:
+                    device: str | torch.device | None = None, vae: str | None = None) -> DepthPipeline:
         """The backend :func:`agdepth.runtime.backends.open_backend` picks for ``path`` (``*.onnx``, ``*.plan``, an
-        engines directory or a checkpoint directory)."""
+        engines directory or a checkpoint directory); ``vae`` as in the class docstring."""
         from agdepth.runtime.backends import open_backend
 
-        return cls(open_backend(path, providers=providers, device=device))
+        return cls(open_backend(path, providers=providers, device=device), vae=vae)
 
     @property
     def image_processor(self) -> Any:
@@ -235,6 +245,18 @@ class DepthPipeline:
             be.check_shapes(1, side, side)
         return steps, ens, res, spacing
 
+    def vae_choice(self, vae: str | None = None) -> str:
+        """The VAE a call with ``vae`` runs (None: the pipeline's, else the checkpoint's), checked against what the
+        backend has: a ValueError names the choices."""
+        choice = vae or self.vae or self.backend.defaults.vae
+        if choice not in VAE_CHOICES:
+            raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, got {choice!r}")
+        have = self.backend.vae_variants
+        if choice not in have:
+            raise ValueError(f"vae={choice!r}: this model has no light VAE (its VAE choices: {', '.join(have)}); "
+                             "distil one with `depth-train distill-vae` and re-export")
+        return choice
+
     def _padded_size(self, size: tuple[int, int], res: int) -> tuple[int, int]:
         """(H, W) the networks see for an input of ``size`` at processing resolution ``res``: resized as
         :func:`preprocess` does, then padded to a multiple of f or to the static canvas."""
@@ -288,6 +310,7 @@ class DepthPipeline:
         processing_res: int | None = None,
         seed: int | None = None,
         reduction: str | None = None,
+        vae: str | None = None,
     ) -> DepthOutput | tuple[Any, Any, Any]:
         """Predict depth: diffusers' ``MarigoldDepthPipeline.__call__``, same arguments, defaults and outputs.
 
@@ -317,6 +340,8 @@ class DepthPipeline:
             steps, ensemble, processing_res, seed, reduction: short aliases of ``num_inference_steps``,
                 ``ensemble_size``, ``processing_resolution``, ``generator=torch.Generator(device).manual_seed(seed)``
                 and ``ensembling_kwargs["reduction"]``.
+            vae: the VAE this call runs ("full", "light", "light-encoder", "light-decoder"); None: the pipeline's
+                (``DepthPipeline(vae=)``), else the checkpoint's recommendation.
         """
         t_start = time.perf_counter()
         be = self.backend
@@ -344,6 +369,7 @@ class DepthPipeline:
             self._warned_assumed = True  # once per pipeline
         steps_, ens, res, spacing = self.check_settings(num_inference_steps, ensemble_size, processing_resolution,
                                                         timestep_spacing)
+        encoder, decoder = vae_networks(self.vae_choice(vae))
         for name, method in (("resample_method_input", resample_method_input),
                              ("resample_method_output", resample_method_output)):
             if method not in RESAMPLE_METHODS:
@@ -397,7 +423,8 @@ class DepthPipeline:
                 n, rows = len(g.indices), len(g.indices) * ens
                 # 2. encode each image once, repeat for its members; initial noise (diffusers' prepare_latents)
                 with clock("encode"):
-                    rgb_latent = torch.cat([be.encode(g.image[i : i + batch_size]) for i in range(0, n, batch_size)])
+                    rgb_latent = torch.cat([be.encode(g.image[i : i + batch_size], encoder)
+                                            for i in range(0, n, batch_size)])
                     rgb_latent = rgb_latent.repeat_interleave(ens, dim=0)  # [n·E,4,h,w], image-major
                     if fixed is not None:
                         noise = torch.cat([fixed[i] for i in g.indices]).to(device=device, dtype=dtype)
@@ -429,7 +456,7 @@ class DepthPipeline:
                             bar.update(1)
                     lat.append(z)
                     with clock("decode"):
-                        x = be.decode(z.to(dtype))
+                        x = be.decode(z.to(dtype), decoder)
                         pred.append((x.clamp(-1.0, 1.0) + 1.0) / 2.0)
                 # 4. unpad (before ensembling, as diffusers: padding must not sway alignment or the [0,1] range)
                 with clock("postprocess"):

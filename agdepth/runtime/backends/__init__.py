@@ -1,4 +1,4 @@
-"""The backend interface: the three network calls the runtime's DDIM loop needs, and the settings that go with them.
+"""The backend interface: the network calls the runtime's DDIM loop needs, and the settings that go with them.
 
 A backend owns the networks (PyTorch modules, ONNX Runtime sessions or TensorRT engines) and nothing else: the DDIM
 loop, pre/post-processing and ensembling live in :mod:`agdepth.runtime.pipeline` and are shared by every backend.
@@ -71,8 +71,15 @@ class DepthBackend(Protocol):
         H×W cannot run; called before any work. Backends without fixed ranges accept everything."""
         ...
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] RGB in [-1,1] -> [B,4,h,w]: VAE posterior mean × the VAE's scaling factor."""
+    @property
+    def vae_variants(self) -> tuple[str, ...]:
+        """The VAE choices (keys of :data:`agdepth.networks.VAE_CHOICES`) this backend can run: ("full",), or all of
+        them when the checkpoint or export has a light VAE."""
+        ...
+
+    def encode(self, rgb: torch.Tensor, network: str = "vae_encoder") -> torch.Tensor:
+        """[B,3,H,W] RGB in [-1,1] -> [B,4,h,w]: VAE posterior mean × the VAE's scaling factor (``network``:
+        "vae_encoder", or "vae_encoder_light", which regresses the same)."""
         ...
 
     def denoise(
@@ -81,8 +88,9 @@ class DepthBackend(Protocol):
         """U-Net: [B,8,h,w] = cat(rgb latent, noisy depth latent), [B] int64 timesteps, [B,L,C] -> [B,4,h,w]."""
         ...
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """[B,4,h,w] -> [B,1,H,W]: latent / scale factor -> VAE decoder -> mean of the 3 channels, NOT clipped."""
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        """[B,4,h,w] -> [B,1,H,W]: latent / scale factor -> VAE decoder -> mean of the 3 channels, NOT clipped
+        (``network``: "vae_decoder", or "vae_decoder_light", the 1-channel light decoder)."""
         ...
 
 
@@ -102,6 +110,7 @@ class BackendBase:
     _schedule: NoiseSchedule
     _defaults: RuntimeDefaults
     _shapes: Any = None
+    _vae_variants: tuple[str, ...] = ("full",)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -130,6 +139,10 @@ class BackendBase:
     @property
     def max_batch(self) -> int | None:
         return None if self._shapes is None else self._shapes.max_batch
+
+    @property
+    def vae_variants(self) -> tuple[str, ...]:
+        return self._vae_variants
 
     @property
     def static_size(self) -> tuple[int, int] | None:

@@ -1,4 +1,7 @@
-"""ONNX Runtime backend: the three graphs of an engines directory (``depth-export``), one session each.
+"""ONNX Runtime backend: the graphs of an engines directory (``depth-export``), one session each.
+
+The U-Net's and the default VAE's sessions open with the backend; the other VAE's (the light VAE's, when the export
+has one) on first use.
 
 The CUDA execution provider is used when onnxruntime-gpu provides it, else the CPU provider. Inputs outside the
 manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`). Each graph is checked before
@@ -16,7 +19,14 @@ import torch
 from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.artifacts.manifest import Manifest
 from agdepth.artifacts.sessions import check_session_io, onnx_session
-from agdepth.networks import NetworkSpec, ShapeRange, describe_networks
+from agdepth.networks import (
+    NetworkSpec,
+    ShapeRange,
+    describe_light_networks,
+    describe_networks,
+    vae_networks,
+    vae_variants,
+)
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
 
 
@@ -45,14 +55,18 @@ class OnnxBackend(BackendBase):
         emb = m.embedding()
         self._f = int(m.data["vae_scale_factor"])
         self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])
+        listed = m.data["networks"][precision]
+        self.specs.update({n: s for n, s in describe_light_networks(self._f).items() if n in listed})
         self._check_manifest_io()
         self._threads = threads
-        self.sessions = {name: self._session(name, precision) for name in self.specs}
+        self._defaults = RuntimeDefaults(**m.data["defaults"])
+        self._vae_variants = vae_variants(self.specs)
+        eager = ["unet", *(vae_networks(self._defaults.vae) if self._defaults.vae in self._vae_variants else ())]
+        self.sessions = {name: self._session(name, precision) for name in dict.fromkeys(eager)}
         self.check_finite, self.fp32_decoder_fallback = check_finite, fp32_decoder_fallback
         self.fallbacks = 0  # decoder calls redone in fp32
         self._emb = torch.from_numpy(emb).float()
         self._schedule = m.schedule()
-        self._defaults = RuntimeDefaults(**m.data["defaults"])
         self._shapes: ShapeRange = m.shapes
         self._device, self._dtype = torch.device("cpu"), torch.float32  # host arrays; CUDA EP copies them
 
@@ -80,28 +94,35 @@ class OnnxBackend(BackendBase):
         return session
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
-        spec = self.specs[name]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ValueError(f"{self.manifest.root / 'manifest.json'} lists no {self.precision} {name!r} network "
+                             f"(VAE choices here: {', '.join(self._vae_variants)})")
+        session = self.sessions.get(name)
+        if session is None:  # a network the default settings do not use: opened on first use
+            session = self.sessions[name] = self._session(name, self.precision)
         feeds = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(spec.input_names, inputs,
                                                                                  strict=True)}
-        out = self.sessions[name].run(spec.output_names, feeds)[0]
+        out = session.run(spec.output_names, feeds)[0]
         if self.check_finite and not np.isfinite(out).all():
-            if name == "vae_decoder" and self.precision != "fp32" and self.fp32_decoder_fallback:
-                if "vae_decoder_fp32" not in self.sessions:
-                    self.sessions["vae_decoder_fp32"] = self._session(name, "fp32")
+            if name.startswith("vae_decoder") and self.precision != "fp32" and self.fp32_decoder_fallback:
+                fallback = f"{name}_fp32"
+                if fallback not in self.sessions:
+                    self.sessions[fallback] = self._session(name, "fp32")
                 self.fallbacks += 1
-                out = self.sessions["vae_decoder_fp32"].run(spec.output_names, feeds)[0]
+                out = self.sessions[fallback].run(spec.output_names, feeds)[0]
             else:
                 raise NonFiniteOutputError(f"{name} ({self.precision}) returned NaN/Inf for input shapes "
                                            f"{[tuple(v.shape) for v in feeds.values()]}")
         return torch.from_numpy(out)
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_encoder", rgb.float())
+    def encode(self, rgb: torch.Tensor, network: str = "vae_encoder") -> torch.Tensor:
+        return self._run(network, rgb.float())
 
     def denoise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self._run("unet", sample.float(), timestep.long(), encoder_hidden_states.float())
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_decoder", latent.float())
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        return self._run(network, latent.float())

@@ -1,9 +1,11 @@
-"""TensorRT backend: the three engines ``depth-export --fp16`` built, run on one CUDA stream (TensorRT 10+ I/O API).
+"""TensorRT backend: the engines ``depth-export --fp16`` built, run on one CUDA stream (TensorRT 10+ I/O API).
+
+The U-Net and the VAE's encoder and decoder, and the light VAE's two when the export has them.
 
 - Each engine is deserialised once, after the manifest's TensorRT version and GPU were checked against this machine
   (engines are not portable: a mismatch is a clear error, not a crash) and the plan file's sha256 against the
   manifest's (:meth:`agdepth.artifacts.manifest.Manifest.verify`).
-- One device-memory block, sized for the largest engine, is shared by the three execution contexts: they never run
+- One device-memory block, sized for the largest engine, is shared by the execution contexts: they never run
   at the same time (one stream, one call after the other).
 - I/O: ``set_input_shape`` / ``set_tensor_address`` on PyTorch CUDA tensors, ``execute_async_v3`` on the backend's
   stream; output buffers are allocated per shape and reused.
@@ -26,7 +28,15 @@ import torch
 from agdepth.artifacts.defaults import RuntimeDefaults
 from agdepth.artifacts.manifest import Manifest
 from agdepth.artifacts.tensorrt import FALLBACK_DECODER, TensorRTStatus, tensorrt_status
-from agdepth.networks import NETWORK_NAMES, NetworkSpec, ShapeRange, describe_networks
+from agdepth.networks import (
+    LIGHT_NETWORKS,
+    NETWORK_NAMES,
+    NetworkSpec,
+    ShapeRange,
+    describe_light_networks,
+    describe_networks,
+    vae_variants,
+)
 from agdepth.runtime.backends import BackendBase, NonFiniteOutputError
 
 
@@ -74,12 +84,13 @@ class TensorRTBackend(BackendBase):
         self._defaults = RuntimeDefaults(**m.data["defaults"])
         self._shapes = ShapeRange.from_dict(info["shapes"])
         self.specs: dict[str, NetworkSpec] = describe_networks(self._f, emb.shape[1], emb.shape[2])
+        self.specs.update(describe_light_networks(self._f))
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         self.engines: dict[str, trt.ICudaEngine] = {}
-        for name in (*NETWORK_NAMES, FALLBACK_DECODER):
+        for name in (*NETWORK_NAMES, FALLBACK_DECODER, *LIGHT_NETWORKS):
             if name not in info["files"]:
-                if name == FALLBACK_DECODER:
+                if name == FALLBACK_DECODER or name in LIGHT_NETWORKS:
                     continue  # optional
                 raise FileNotFoundError(f"{m.root / 'manifest.json'} lists no {name} engine")
             # the plan's sha256 (recorded after the build) first: TensorRT would run a modified plan without a word
@@ -100,6 +111,7 @@ class TensorRTBackend(BackendBase):
             ctx.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
             self.contexts[name] = ctx
         self.specs[FALLBACK_DECODER] = self.specs["vae_decoder"]
+        self._vae_variants = vae_variants(self.engines)
         self._torch_dtypes = {name: {t: _torch_dtype(engine.get_tensor_dtype(t)) for t in
                                      (*self.specs[name].input_names, *self.specs[name].output_names)}
                               for name, engine in self.engines.items()}
@@ -165,6 +177,9 @@ class TensorRTBackend(BackendBase):
         return call.out
 
     def _run(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        if name not in self.contexts:
+            raise ValueError(f"{self.manifest.root / 'manifest.json'} lists no {name!r} engine (VAE choices here: "
+                             f"{', '.join(self._vae_variants)})")
         dtypes = self._torch_dtypes[name]
         feeds = [t.to(device=self._device, dtype=dtypes[n]).contiguous()
                  for n, t in zip(self.specs[name].input_names, inputs, strict=True)]
@@ -190,16 +205,16 @@ class TensorRTBackend(BackendBase):
                                        f"{[tuple(t.shape) for t in inputs]}")
         return result
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_encoder", rgb)
+    def encode(self, rgb: torch.Tensor, network: str = "vae_encoder") -> torch.Tensor:
+        return self._run(network, rgb)
 
     def denoise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self._run("unet", sample, timestep, encoder_hidden_states)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_decoder", latent)
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        return self._run(network, latent)
 
 
 @dataclass

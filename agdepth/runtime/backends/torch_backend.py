@@ -1,4 +1,4 @@
-"""PyTorch backend: the diffusers U-Net and VAE of a checkpoint directory, called eagerly."""
+"""PyTorch backend: the diffusers U-Net and VAE (and light VAE, when there is one) of a checkpoint, called eagerly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from agdepth.artifacts.checkpoint import checkpoint_schedule, load_checkpoint
 from agdepth.artifacts.defaults import RuntimeDefaults
-from agdepth.networks import torch_modules, vae_scale_factor
+from agdepth.networks import light_modules, torch_modules, vae_scale_factor, vae_variants
 from agdepth.runtime.backends import BackendBase, DepthBackend
 from agdepth.schedule import NoiseSchedule
 
@@ -26,7 +26,10 @@ class TorchBackend(BackendBase, DepthBackend):
         defaults: RuntimeDefaults | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        light_vae: torch.nn.Module | None = None,
     ) -> None:
+        """``light_vae``: the checkpoint's ``vae_light/`` (an ``AutoencoderTiny``, :mod:`agdepth.light_vae`), which
+        adds the light VAE choices."""
         self._f = vae_scale_factor(vae)
         self._device = torch.device(device)
         self._dtype = dtype
@@ -35,8 +38,15 @@ class TorchBackend(BackendBase, DepthBackend):
         self._emb = empty_text_embedding.to(device=self._device, dtype=dtype)
         self._schedule = schedule
         self._defaults = defaults or RuntimeDefaults()
+        self.light_vae = None if light_vae is None else self._place(light_vae, self._device, dtype)
+        self._wrap()
+
+    def _wrap(self) -> None:
         # the exported networks' own PyTorch definitions, so the eager path and the ONNX graphs cannot drift apart
         self.networks = torch_modules(self.unet, self.vae)
+        if self.light_vae is not None:
+            self.networks.update(light_modules(self.light_vae))
+        self._vae_variants = vae_variants(self.networks)
 
     @staticmethod
     def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -51,7 +61,10 @@ class TorchBackend(BackendBase, DepthBackend):
         self._dtype = dtype or self._dtype
         self.unet = self._place(self.unet, self._device, self._dtype)
         self.vae = self._place(self.vae, self._device, self._dtype)
+        if self.light_vae is not None:
+            self.light_vae = self._place(self.light_vae, self._device, self._dtype)
         self._emb = self._emb.to(device=self._device, dtype=self._dtype)
+        self._wrap()
         return self
 
     @classmethod
@@ -64,11 +77,20 @@ class TorchBackend(BackendBase, DepthBackend):
         sched_cfg = models.extra.get("scheduler_config")
         schedule = checkpoint_schedule(sched_cfg, source=Path(path) / "scheduler" / "scheduler_config.json")
         defaults = RuntimeDefaults.from_model_index(index, sched_cfg)
-        return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype)
+        return cls(models.unet, models.vae, models.empty_text_embedding, schedule, defaults, device, dtype,
+                   light_vae=models.extra.get("vae_light"))
+
+    def _network(self, name: str) -> torch.nn.Module:
+        try:
+            return self.networks[name]
+        except KeyError:
+            raise ValueError(f"no {name!r} network in this checkpoint (VAE choices here: "
+                             f"{', '.join(self._vae_variants)}; a light VAE comes from depth-train distill-vae)"
+                             ) from None
 
     @torch.no_grad()
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.networks["vae_encoder"](rgb.to(device=self._device, dtype=self._dtype))
+    def encode(self, rgb: torch.Tensor, network: str = "vae_encoder") -> torch.Tensor:
+        return self._network(network)(rgb.to(device=self._device, dtype=self._dtype))
 
     @torch.no_grad()
     def denoise(
@@ -77,5 +99,5 @@ class TorchBackend(BackendBase, DepthBackend):
         return self.networks["unet"](sample, timestep, encoder_hidden_states)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.networks["vae_decoder"](latent)
+    def decode(self, latent: torch.Tensor, network: str = "vae_decoder") -> torch.Tensor:
+        return self._network(network)(latent)
