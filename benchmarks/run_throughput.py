@@ -1,36 +1,46 @@
-"""depth-run's throughput: the code of an earlier commit (reading, predicting and writing in turn) against this tree's.
+"""depth-run's throughput on ONNX Runtime: the whole package as it is at an earlier commit against this tree's.
 
     python benchmarks/run_throughput.py --before 450c54d --json benchmarks/results/run_throughput.json \
         --md benchmarks/results/run_throughput.md
 
 Writes ``--count`` procedural images (``agdepth.data.procedural.render_scene``) of ``--size`` (H W) as ``--format``
-files, exports the bundled model for ONNX Runtime (``depth-export --out DIR``, unless ``--engines`` names an export),
-then runs ``depth-run FOLDER --engine DIR/unet.onnx --out OUT`` with its default settings as two programs, alternating,
-``--repeats`` times each after one warm-up run each:
+files, then compares two programs:
 
-* before: ``agdepth/runtime/cli.py`` and ``agdepth/runtime/writer.py`` as they are at ``--before`` (read from git),
-  on this tree's package otherwise (the old writer module is installed under its own name before the old CLI loads);
-* after: this tree's ``depth-run``;
+* before: the complete package at ``--before``, extracted from git (``git archive``) into a temporary folder: its own
+  runtime, its own bundled model (``agdepth/weights/tiny``) and its own ``depth-export``. Its processes run with this
+  interpreter and this environment's libraries, ``import agdepth`` resolving to the extracted tree (``PYTHONPATH``
+  and the first ``sys.path`` entry; the script checks that it does);
+* after: this tree's ``depth-export`` and ``depth-run`` with this tree's bundled model, plus ``--after-args`` (extra
+  depth-run arguments, e.g. ``--vae full``) and ``--extra-env KEY=VALUE`` (extra environment variables).
 
-and, unless ``--no-passive``, both again with ``OMP_WAIT_POLICY=PASSIVE`` in their environment (PyTorch's OpenMP
-threads then sleep at once when idle instead of spinning; the setting must be in the environment before PyTorch
-loads, so depth-run cannot make it itself).
+Each program exports its bundled model for ONNX Runtime fp32 with depth-export's defaults (``depth-export --out DIR``;
+``--before-engines`` / ``--after-engines`` take existing exports instead) and runs ``depth-run FOLDER --engine
+DIR/unet.onnx --out OUT`` at the export's recorded defaults, alternating, ``--repeats`` times each after one warm-up
+run each; unless ``--no-passive``, both again with ``OMP_WAIT_POLICY=PASSIVE`` in their environment (PyTorch's OpenMP
+threads then sleep at once when idle instead of spinning; the setting must be in the environment before PyTorch loads,
+so depth-run cannot make it itself).
 
-Every output file of every run must be byte-identical to the first run's (the .npy depth maps, the PNGs, the
-ledger); the script fails otherwise. Reported per program: images/s as depth-run's ``done:`` line gives it (its wall
-time runs from the start of ``main``, model loading included, interpreter start-up not), the seconds per stage
-from that line, and the overhead: wall time less the networks' time (encode + unet + decode).
+Every run writes into its own folder. Checks (the script fails otherwise): every run of a code base (with or without
+OMP passive) writes the same files with the same bytes as that code base's first run (determinism), and before and
+after write the same set of file names (the same outputs per image); their depth values may differ (other model,
+other runtime). Reported per program: images/s as depth-run's ``done:`` line gives it (its wall time runs from the
+start of ``main``, model loading included, interpreter start-up not), the ratio to the plain before, the seconds per
+stage from that line, and the overhead: wall time less the networks' time (encode + unet + decode).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -46,28 +56,47 @@ from agdepth.runtime.writer import default_readers, default_writers
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ("encode", "unet", "decode")
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-# The earlier CLI on this tree's package: its own writer module replaces agdepth.runtime.writer in that process.
-_BEFORE = """
-import importlib.util, sys
-def load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-load("agdepth.runtime.writer", sys.argv[1])
-cli = load("agdepth_before_cli", sys.argv[2])
-sys.argv = ["depth-run", *sys.argv[3:]]
-cli.main()
-"""
+CODES = ("before", "after")
 
 _DONE = re.compile(r"done: (\d+) image\(s\) in [\d.]+ s \(([\d.]+) img/s\); seconds per stage: (.*)")
 
 
-def git_show(rev: str, path: str) -> str:
-    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, check=True, capture_output=True,
-                          text=True).stdout
+def launcher(tree: Path, module: str) -> list[str]:
+    """A command running ``module``'s ``main`` with ``agdepth`` imported from ``tree``."""
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from {module} import main; main()"
+    return [sys.executable, "-c", code]
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(tree)}
+
+
+def git(*cmd: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *cmd], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def extract(commit: str, dest: Path) -> None:
+    """The files of ``commit`` into ``dest`` (``git archive``: no worktree bookkeeping)."""
+    dest.mkdir(parents=True)
+    data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def imported_from(tree: Path, cwd: Path, env: dict[str, str]) -> Path:
+    """Where ``import agdepth`` resolves in a process started as the benchmark starts its programs."""
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); import agdepth; print(agdepth.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=cwd,
+                         env={**os.environ, **env}).stdout.strip()
+    return Path(out).resolve()
+
+
+def export(tree: Path, out: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run([*launcher(tree, "agdepth.export.cli"), "--out", str(out)], capture_output=True, text=True,
+                          cwd=tree, env={**os.environ, **env})
+    if proc.returncode != 0:
+        raise SystemExit(f"depth-export of {tree} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
 def write_inputs(folder: Path, count: int, size: tuple[int, int], fmt: str) -> None:
@@ -78,12 +107,12 @@ def write_inputs(folder: Path, count: int, size: tuple[int, int], fmt: str) -> N
         Image.fromarray(rgb).save(folder / f"img{i:03d}.{fmt}", **options)
 
 
-def run_once(cmd: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+def run_once(cmd: list[str], env: dict[str, str], cwd: Path, out: Path) -> dict[str, Any]:
     """One depth-run; its ``done:`` figures, and the seconds from its header line (printed once the model is
     loaded and the outputs planned) to its ``done:`` line, timed here as the lines arrive."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+                            cwd=cwd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     text, t_header, t_done = [], None, None
     for line in proc.stdout:
@@ -102,22 +131,38 @@ def run_once(cmd: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
     stages = {k: float(v) for k, v in (s.rsplit(" ", 1) for s in m.group(3).split(", "))}
     wall, loop = n / rate, t_done - t_header
     net = sum(stages.get(s, 0.0) for s in NETWORKS)
+    header = next(line.strip() for line in text if " image(s) -> " in line)
     return {"images": n, "images_per_s": rate, "wall_s": wall, "process_s": process_s, "stages_s": stages,
             "network_s": net, "overhead_s": wall - net, "overhead_share": (wall - net) / wall,
-            "loop_s": loop, "loop_images_per_s": n / loop, "loop_overhead_share": (loop - net) / loop}
+            "loop_s": loop, "loop_images_per_s": n / loop, "loop_overhead_share": (loop - net) / loop,
+            "header": header}
 
 
 def digest(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="HEAD", help="git revision whose cli.py and writer.py are 'before'")
+    ap.add_argument("--before", default="450c54d", help="git revision whose whole package is 'before'")
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     ap.add_argument("--format", choices=("jpg", "png"), default="jpg")
-    ap.add_argument("--engines", type=Path, help="an existing export (default: depth-export into a temporary folder)")
+    ap.add_argument("--before-engines", type=Path,
+                    help="an existing export for before (default: before's depth-export into a temporary folder)")
+    ap.add_argument("--after-engines", type=Path,
+                    help="an existing export for after (default: this tree's depth-export into a temporary folder)")
+    ap.add_argument("--after-args", default="", help="extra depth-run arguments for the after runs (shlex-split), "
+                    "e.g. '--vae full'")
+    ap.add_argument("--extra-env", type=env_pair, action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the after runs only (repeatable)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-passive", action="store_true", help="leave out the OMP_WAIT_POLICY=PASSIVE runs")
     ap.add_argument("--json", type=Path)
@@ -125,44 +170,74 @@ def main() -> None:
     args = ap.parse_args()
     meta = report_meta("python benchmarks/run_throughput.py " + shlex.join(sys.argv[1:]),
                        ("torch", "onnxruntime", "pillow", "numpy"))
-    before = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout.strip()
+    before = git("rev-parse", "--verify", f"{args.before}^{{commit}}")
+    head = git("rev-parse", "--short", "HEAD")
+    changed = [line for line in git("status", "--porcelain").splitlines() if line.strip()]
+    after_desc = f"{head}" + (f" with uncommitted changes ({len(changed)} path(s))" if changed else " (clean)")
+    after_args = shlex.split(args.after_args)
+    extra_env = dict(args.extra_env)
     size = (args.size[0], args.size[1])
-    with tempfile.TemporaryDirectory() as tmp_:
+    with tempfile.TemporaryDirectory(prefix="run_throughput_") as tmp_:
         tmp = Path(tmp_)
-        for name in ("cli.py", "writer.py"):
-            (tmp / name).write_text(git_show(before, f"agdepth/runtime/{name}"))
+        trees = {"before": tmp / "before", "after": REPO}
+        extract(before, trees["before"])
+        envs = {"before": tree_env(trees["before"]), "after": {**tree_env(REPO), **extra_env}}
+        checks: dict[str, Any] = {}
+        for code in CODES:  # import agdepth must resolve to the program's own tree
+            found = imported_from(trees[code], trees[code], envs[code])
+            if not found.is_relative_to(trees[code].resolve() / "agdepth"):
+                raise SystemExit(f"{code}: agdepth imports from {found}, not from {trees[code]}")
+            checks[code] = {"agdepth_file": found.relative_to(trees[code].resolve()).as_posix()}
         photos = tmp / "in"
         write_inputs(photos, args.count, size, args.format)
-        engines = args.engines
-        if engines is None:
-            engines = tmp / "engines"
-            subprocess.run([sys.executable, "-m", "agdepth.export.cli", "--out", str(engines)], check=True,
-                           capture_output=True, cwd=REPO)
-        run_args = [str(photos), "--engine", str(engines / "unet.onnx")]
-        code = {"before": [sys.executable, "-c", _BEFORE, str(tmp / "writer.py"), str(tmp / "cli.py"), *run_args],
-                "after": [sys.executable, "-m", "agdepth.runtime.cli", *run_args]}
-        programs: dict[str, tuple[list[str], dict[str, str]]] = {name: (cmd, {}) for name, cmd in code.items()}
+        engines = {"before": args.before_engines, "after": args.after_engines}
+        for code in CODES:
+            if engines[code] is None:
+                engines[code] = tmp / f"engines_{code}"
+                print(f"{code}: depth-export of {trees[code]} ...", file=sys.stderr)
+                export(trees[code], engines[code], envs[code])
+        manifests = {c: json.loads((engines[c] / "manifest.json").read_text()) for c in CODES}
+        for code in CODES:  # a fresh export must come from the program's own bundled model
+            src = Path(manifests[code].get("source_checkpoint", {}).get("path", ""))
+            own = src.resolve().is_relative_to(trees[code].resolve())
+            if engines[code] == tmp / f"engines_{code}" and not own:
+                raise SystemExit(f"{code}: its export came from {src}, not from {trees[code]}")
+            checks[code]["export_source"] = (src.resolve().relative_to(trees[code].resolve()).as_posix() if own
+                                             else str(src))
+        defaults = {c: manifests[c].get("defaults") for c in CODES}
+        code_cmds = {c: [*launcher(trees[c], "agdepth.runtime.cli"), str(photos), "--engine",
+                         str(engines[c] / "unet.onnx"), *(after_args if c == "after" else [])] for c in CODES}
+        programs: dict[str, tuple[str, dict[str, str]]] = {c: (c, envs[c]) for c in CODES}
         if not args.no_passive:
-            programs |= {f"{name}, OMP passive": (cmd, PASSIVE) for name, cmd in code.items()}
+            programs |= {f"{c}, OMP passive": (c, {**envs[c], **PASSIVE}) for c in CODES}
         names = list(programs)
         runs: dict[str, list[dict[str, Any]]] = {p: [] for p in names}
-        reference: dict[str, bytes] | None = None
+        headers: dict[str, str] = {}
+        reference: dict[str, dict[str, bytes]] = {}
         for r in range(-1, args.repeats):  # r = -1: warm-up (file caches, imports), not reported
-            for n, prog in enumerate(names if r % 2 else names[::-1]):  # alternate the order
-                out = tmp / f"out_{r}_{n}"
-                result = run_once(*programs[prog], out)
+            for prog in names if r % 2 else names[::-1]:  # alternate the order
+                code, env = programs[prog]
+                out = tmp / "out" / f"{prog.replace(', ', '_').replace(' ', '_')}_{r}"
+                result = run_once(code_cmds[code], env, trees[code], out)
+                headers.setdefault(prog, result.pop("header").replace(str(out), "OUT"))
                 files = digest(out)
-                reference = files if reference is None else reference
-                if files != reference:
-                    differ = sorted(k for k in set(files) | set(reference) if files.get(k) != reference.get(k))
-                    raise SystemExit(f"{prog} run {r} wrote other bytes than the first run: {differ[:5]}")
+                ref = reference.setdefault(code, files)
+                if files != ref:
+                    differ = sorted(k for k in set(files) | set(ref) if files.get(k) != ref.get(k))
+                    raise SystemExit(f"{prog} run {r} wrote other files or bytes than {code}'s first run "
+                                     f"({len(differ)}): {differ[:5]}")
+                if len(reference) == len(CODES) and set(reference["before"]) != set(reference["after"]):
+                    only = sorted(set(reference["before"]) ^ set(reference["after"]))
+                    raise SystemExit(f"before and after wrote different file names ({len(only)}): {only[:5]}")
                 if r >= 0:
                     runs[prog].append(result)
                 print(f"{prog:22s} run {r}: {result['images_per_s']:.2f} img/s, stages {result['stages_s']}",
                       file=sys.stderr)
-        assert reference is not None
-        n_npy = sum(k.endswith(".npy") for k in reference)
+                shutil.rmtree(out)  # only needed for the comparison
+        n_files = len(reference["after"])
+        n_npy = sum(k.endswith(".npy") for k in reference["after"])
+        differing = sorted(k for k in reference["after"] if reference["after"][k] != reference["before"][k])
+        n_differ_npy = sum(k.endswith(".npy") for k in differing)
 
     def med(prog: str, key: str) -> float:
         return statistics.median(float(x[key]) for x in runs[prog])
@@ -179,22 +254,44 @@ def main() -> None:
     speedup = {p: summary[p]["images_per_s"] / summary["before"]["images_per_s"] for p in names}
     report = {
         **meta,
-        "before": before, "count": args.count, "size": list(size), "format": args.format,
-        "engine": "ONNX Runtime fp32 (depth-export of the bundled model)", "settings": "depth-run defaults",
+        "before": before, "before_desc": f"the package at {before[:10]}: its runtime, bundled model and export",
+        "after": {"commit": head, "dirty": bool(changed), "changed_paths": changed, "desc": after_desc},
+        "count": args.count, "size": list(size), "format": args.format,
+        "engine": "ONNX Runtime fp32 (each program's depth-export of its own bundled model, export defaults)",
+        "settings": "depth-run defaults (the export's recorded defaults)" + (
+            f"; after adds {shlex.join(after_args)}" if after_args else ""),
+        "export_defaults": defaults, "after_args": after_args, "extra_env_after": extra_env,
+        "run_headers": headers, "import_checks": checks,
         "cpus": os.cpu_count(), "readers": default_readers(), "writers": default_writers(),
-        "identical_outputs": True, "files_compared": len(reference), "npy_compared": n_npy,
-        "environments": {p: env for p, (_, env) in programs.items()}, "runs": runs, "summary": summary,
-        "speedup_over_before": speedup,
+        "deterministic": True, "same_file_names": True, "files_per_run": n_files, "npy_per_run": n_npy,
+        "files_differing_before_after": len(differing), "npy_differing_before_after": n_differ_npy,
+        "environments": {p: {k: v for k, v in env.items() if k != "PYTHONPATH"} for p, (_, env) in programs.items()},
+        "runs": runs, "summary": summary, "speedup_over_before": speedup,
     }
     stamp_end(report)
     stages = [s for s in (*STAGES, "io") if any(summary[p]["stages_s"][s] > 0 for p in names)]
+
+    def fmt_defaults(d: dict[str, Any] | None) -> str:
+        if not d:
+            return "none recorded"
+        return ", ".join(f"{k} {v}" for k, v in d.items() if k != "assumed" and v is not None)
+
+    extra = (f"; after's runs add `{shlex.join(after_args)}`" if after_args else "") + (
+        "; after's environment adds " + ", ".join(f"`{k}={v}`" for k, v in extra_env.items()) if extra_env else "")
     lines = [
         f"{args.count} procedural images of {size[0]}×{size[1]} ({args.format.upper()}), `depth-run --engine "
-        f"unet.onnx` (ONNX Runtime fp32, the bundled model's export) at its default settings and outputs; before = "
-        f"`agdepth/runtime/cli.py` + `writer.py` of {before[:10]}, after = this tree ({default_readers()} reader and "
-        f"{default_writers()} writer threads on this machine's {os.cpu_count()} CPUs). One warm-up run each, then "
-        f"{args.repeats} alternating runs each; medians. Every run wrote the same bytes (all {len(reference)} "
-        f"files, {n_npy} .npy depth maps among them).", "",
+        f"unet.onnx` (ONNX Runtime fp32) at the export's default settings and outputs{extra}. "
+        f"**Before** = the whole package at {before[:10]} (its own runtime, bundled model and `depth-export`; "
+        f"export defaults: {fmt_defaults(defaults['before'])}). **After** = this tree at {after_desc} (its own "
+        f"runtime, bundled model and `depth-export`; export defaults: {fmt_defaults(defaults['after'])}). "
+        f"{default_readers()} reader and {default_writers()} writer threads on this machine's {os.cpu_count()} "
+        f"CPUs. One warm-up run each, then {args.repeats} alternating runs each; medians.", "",
+        f"Checks: before's processes imported `agdepth` from the extracted tree (`{checks['before']['agdepth_file']}`"
+        f") and exported its `{checks['before']['export_source']}`; every run of before and every run of after"
+        f"{'' if args.no_passive else ' (OMP passive included)'} wrote the same bytes as that code's first run (all "
+        f"{n_files} files, {n_npy} .npy depth maps among them); before and after wrote the same {n_files} file names, "
+        f"{len(differing)} of them with other bytes ({n_differ_npy} .npy depth maps). After's images/s over before's: "
+        f"{speedup['after']:.2f}×.", "",
         "| program | images/s (runs) | × before | wall s | networks s | overhead s (share) | loop images/s | "
         "loop overhead | " + " | ".join(stages) + " |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(stages),
@@ -210,9 +307,12 @@ def main() -> None:
               "depth-run's own `done:` figures: seconds of the main thread inside each pipeline stage, and `io`, its "
               "waits for inputs and for the writers. Overhead = wall − (encode + unet + decode). *Loop*: from "
               "depth-run's header line (model loaded, outputs planned) to its `done:` line, as this script sees the "
-              "lines arrive; loop overhead = 1 − networks / loop. *OMP passive*: the same program with "
-              "`OMP_WAIT_POLICY=PASSIVE` in its environment."]
-    title = f"depth-run throughput: reading, predicting and writing in turn against a pipeline ({os.cpu_count()} CPUs)"
+              "lines arrive; loop overhead = 1 − networks / loop. × before: images/s over the plain before's."
+              + ("" if args.no_passive else " *OMP passive*: the same program with `OMP_WAIT_POLICY=PASSIVE` in its "
+                 "environment."), "",
+              "depth-run's header lines (first run of each program):", ""]
+    lines += [f"- {p}: `{h}`" for p, h in headers.items()]
+    title = f"depth-run throughput: {before[:10]} against this tree ({os.cpu_count()} CPUs)"
     text = markdown_document(title, report, "\n".join(lines))
     write_report(report, text, args.json, args.md)
     print(text)
