@@ -1,8 +1,9 @@
 """An engines directory on disk (``depth-export``'s output): file names, ``manifest.json`` and its integrity checks.
 
     engines/
-      manifest.json                     # files + sha256, dtypes, shape ranges, scheduler, defaults, versions
+      manifest.json                     # files + sha256, dtypes, shape ranges, scheduler, defaults, VAE choices
       unet.onnx vae_encoder.onnx vae_decoder.onnx              # fp32
+      vae_encoder_light.onnx vae_decoder_light.onnx            # fp32, when the checkpoint has a light VAE
       unet.fp16.onnx vae_encoder.fp16.onnx vae_decoder.fp16.onnx   # with --fp16 (ONNX Runtime)
       unet.fp16-trt.onnx ...            # with --fp16: the graphs TensorRT engines are built from
       *.trt<version>.<gpu>.plan         # TensorRT engines, when built

@@ -83,6 +83,10 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    if not getattr(pipe.backend, "runs_in_torch_threads", True):
+        # the networks have their own threads: PyTorch's OpenMP threads, idle between the pipeline's few tensor
+        # operations, would spin on the cores the networks and the reader/writer threads need
+        torch.set_num_threads(1)
     try:  # every setting, against the model and its exported range, before any image is read
         steps_, ens, res, spacing = pipe.check_settings(steps, ensemble, processing_res, timestep_spacing)
         vae_ = pipe.vae_choice(vae)

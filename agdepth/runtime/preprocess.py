@@ -192,8 +192,8 @@ def preprocess(
         by_size.setdefault((int(t.shape[-2]), int(t.shape[-1])), []).append(i)
     groups = []
     for size, indices in by_size.items():
-        x = torch.cat([loaded[i] for i in indices], dim=0)
-        x = x * 2.0 - 1.0  # diffusers normalises before resizing
+        x = torch.cat([loaded[i] for i in indices], dim=0)  # a new tensor: normalised in place
+        x = x.mul_(2.0).sub_(1.0)  # diffusers normalises before resizing (x * 2 - 1, the same roundings)
         if processing_resolution:
             x = resize_to_max_edge(x, processing_resolution, resample_method)
         x, padding = pad_to_multiple(x, align) if canvas is None else pad_to_size(x, canvas)

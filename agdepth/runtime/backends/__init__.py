@@ -111,6 +111,9 @@ class BackendBase:
     _defaults: RuntimeDefaults
     _shapes: Any = None
     _vae_variants: tuple[str, ...] = ("full",)
+    # the networks run in PyTorch's own CPU threads (the PyTorch backend on the CPU); elsewhere (ONNX Runtime's
+    # thread pool, a GPU) PyTorch only does the pipeline's light tensor work around the network calls
+    runs_in_torch_threads: bool = False
 
     @property
     def vae_scale_factor(self) -> int:

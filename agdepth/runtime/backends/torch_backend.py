@@ -41,6 +41,10 @@ class TorchBackend(BackendBase, DepthBackend):
         self.light_vae = None if light_vae is None else self._place(light_vae, self._device, dtype)
         self._wrap()
 
+    @property
+    def runs_in_torch_threads(self) -> bool:  # type: ignore[override]
+        return self._device.type == "cpu"
+
     def _wrap(self) -> None:
         # the exported networks' own PyTorch definitions, so the eager path and the ONNX graphs cannot drift apart
         self.networks = torch_modules(self.unet, self.vae)
