@@ -312,13 +312,22 @@ def _spectral() -> Any:
     return Colormap(SPECTRAL)
 
 
+@functools.lru_cache(maxsize=1)
+def _spectral_bytes() -> np.ndarray:
+    """[256, 3] uint8: the colormap's 256-entry LUT as bytes (integer input indexes cmap's LUT directly)."""
+    return np.ascontiguousarray(_spectral()(np.arange(256), bytes=True)[:, :3])
+
+
 def colorize_depth(depth: Any) -> np.ndarray:
     """[H,W] depth in [0, 1] (clipped) → [H,W,3] uint8 through matplotlib's "Spectral": 0 (near) red, 1 (far) blue.
 
     This is diffusers' ``MarigoldImageProcessor.visualize_depth`` convention for numpy input (the colormap is applied
-    to the depth as is), with matplotlib's 256-entry LUT and byte truncation, via the ``cmap`` package.
+    to the depth as is), with matplotlib's 256-entry LUT and byte truncation, via the ``cmap`` package. The LUT row of
+    each value is found as matplotlib and cmap find it (``int(x * 256)``, 1.0 in the last row), once per image
+    instead of through the colormap's general path (masks for out-of-range and NaN values a clipped map cannot have).
     """
-    return np.ascontiguousarray(_spectral()(_unit_map(depth, "depth"), bytes=True)[..., :3])
+    rows = np.minimum(_unit_map(depth, "depth") * 256, 255).astype(np.intp)
+    return _spectral_bytes().take(rows, axis=0)
 
 
 def write_color_png(path: PathLike, depth: Any) -> Path:

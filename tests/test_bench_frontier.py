@@ -48,7 +48,8 @@ def test_grid() -> None:
 
 @pytest.fixture(scope="module")
 def pipe() -> DepthPipeline:
-    return DepthPipeline.from_checkpoint(default_checkpoint())
+    # the full VAE: the pipeline's choice is the default row's (the bundled model recommends its light VAE)
+    return DepthPipeline.from_checkpoint(default_checkpoint(), vae="full")
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,14 @@ def test_comparison_with_the_paper_setting() -> None:
     assert not re.search(r"\bmet\b|target", md, re.IGNORECASE)
     assert "20.0× cheaper in latency (500× fewer U-Net calls)" in md and "+3.0 % relative" in md
     assert "Cheapest setting within 2 % of the paper's AbsRel: 2x1 trailing (+1.9 % relative), 500.0× cheaper" in md
+
+
+def test_the_vae_axis(pipe: DepthPipeline) -> None:
+    g = grid(steps=(1,), ensembles=(1,), spacings=("trailing",), vaes=("full", "light"))
+    assert [(s.label, s.vae) for s in g] == [("1x1 trailing", "full"), ("1x1 trailing light VAE", "light")]
+    light = DepthPipeline(pipe.backend, vae="light")  # the default row follows the pipeline's VAE
+    rep = run_frontier(light, g[:1], count=1, latency_repeats=1, progress=False)
+    rows = rep["rows"]
+    assert [(r["setting"], r["vae"], r["default"]) for r in rows] == [("1x1 trailing", "full", False),
+                                                                      ("1x1 trailing light VAE", "light", True)]
+    assert rows[0]["metrics"] != rows[1]["metrics"]  # each row ran its own VAE

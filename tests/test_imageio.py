@@ -335,11 +335,23 @@ def test_color_png_matches_recorded_spectral_values(tmp_path: Path) -> None:
     assert near[0] > near[2] and far[2] > far[0]  # Marigold's "red near, blue far"
 
 
+# dense values, every LUT bin edge k/256 and the floats just either side of it, and out-of-range values (clipped)
+_EDGES = np.arange(257) / 256
+SPECTRAL_PROBES = np.concatenate([np.linspace(0, 1, 4001), _EDGES, np.nextafter(_EDGES, -1), np.nextafter(_EDGES, 2),
+                                  [-0.5, 1.5]]).reshape(1, -1)
+
+
 def test_color_png_equals_matplotlib_spectral() -> None:
     matplotlib = pytest.importorskip("matplotlib")
-    x = np.concatenate([np.linspace(0, 1, 4001), np.arange(257) / 256, [-0.5, 1.5]]).reshape(1, -1)
-    expect = matplotlib.colormaps["Spectral"](np.clip(x, 0, 1), bytes=True)[..., :3]
-    np.testing.assert_array_equal(io.colorize_depth(x), expect)
+    expect = matplotlib.colormaps["Spectral"](np.clip(SPECTRAL_PROBES, 0, 1), bytes=True)[..., :3]
+    np.testing.assert_array_equal(io.colorize_depth(SPECTRAL_PROBES), expect)
+
+
+def test_colorize_equals_the_colormaps_own_call() -> None:
+    from cmap import Colormap
+
+    expect = Colormap(io.SPECTRAL)(np.clip(SPECTRAL_PROBES, 0, 1), bytes=True)[..., :3]
+    np.testing.assert_array_equal(io.colorize_depth(SPECTRAL_PROBES), expect)
 
 
 def test_uncertainty_png_saturates_at_the_95th_percentile(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -110,7 +111,8 @@ def test_second_load_uses_the_hash_cache_and_a_changed_file_is_rehashed(eng: Pat
     real = manifest_mod.sha256
     monkeypatch.setattr(manifest_mod, "sha256", lambda p: hashed.append(Path(p).name) or real(p))
     OnnxBackend(eng)
-    assert sorted(hashed) == ["empty_text_embedding.npy", "unet.onnx", "vae_decoder.onnx", "vae_encoder.onnx"]
+    assert sorted(hashed) == ["empty_text_embedding.npy", "unet.onnx", "vae_decoder.onnx", "vae_decoder_light.onnx",
+                              "vae_encoder.onnx", "vae_encoder_light.onnx"]  # every graph, whichever VAE runs
     hashed.clear()
     OnnxBackend(eng)
     assert hashed == []  # second load: a stat per file, no hashing
@@ -136,11 +138,13 @@ def test_a_graph_with_the_wrong_io_is_named(eng: Path) -> None:
     shutil.copy(eng / "vae_encoder.onnx", eng / "vae_decoder.onnx")
     with pytest.raises(ValueError, match=r"vae_decoder\.onnx: contents differ from manifest\.json"):
         DepthPipeline.from_engine(eng)
-    # a manifest without hashes (older exports): the check is skipped and the session's I/O names the graph
+    # a manifest without hashes (older exports): the check is skipped and the session's I/O names the graph, when
+    # the session opens (the full VAE's on first use: the bundled model runs its light VAE by default)
     _edit_manifest(eng, lambda d: [e.pop("sha256") for e in d["networks"]["fp32"].values()])
+    pipe = DepthPipeline.from_engine(eng)
     with pytest.raises(ValueError, match=r"vae_decoder\.onnx: inputs \['image'\] / outputs \['latent'\], expected "
                                          r"inputs \['latent'\] / outputs \['depth'\]"):
-        DepthPipeline.from_engine(eng)
+        pipe(np.zeros((32, 32, 3), np.uint8), vae="full")
 
 
 @pytest.mark.slow

@@ -247,15 +247,19 @@ def test_fp16_decoder_overflow_falls_back_by_default(exports: dict[str, Path], t
     trt = DepthPipeline.from_engine(m.root / m.data["tensorrt"]["files"]["unet"], device="cpu")  # the CLI's path
     ref = DepthPipeline(OnnxBackend(m, "fp32"))
     images = _images()
-    depth = trt(images, seed=0, batch_size=2).depth  # both images in one decoder call
+    depth = trt(images, seed=0, batch_size=2, vae="full").depth  # both images in one decoder call
     assert np.isfinite(depth).all() and trt.backend.fallbacks == 1
     # the U-Net and encoder still ran in fp16; only the decoder was redone in fp32
-    assert np.abs(depth - ref(images, seed=0, batch_size=2).depth).max() < 0.05
+    assert np.abs(depth - ref(images, seed=0, batch_size=2, vae="full").depth).max() < 0.05
+    fake.STATE.nan_engines = {f"vae_decoder_light.{TENSORRT_PRECISION}.onnx"}  # the light decoder has no fp32 engine
+    with pytest.raises(NonFiniteOutputError, match="vae_decoder_light"):
+        trt(images, seed=0, vae="light")
+    fake.STATE.nan_engines = {f"vae_decoder.{TENSORRT_PRECISION}.onnx"}
     del m.data["tensorrt"]["files"][FALLBACK_DECODER]  # without the fp32 engine: an error naming the network
     (m.root / "manifest.json").write_text(json.dumps(m.data))
     trt = DepthPipeline.from_engine(m.root / m.data["tensorrt"]["files"]["unet"], device="cpu")
     with pytest.raises(NonFiniteOutputError, match="vae_decoder"):
-        trt(images, seed=0)
+        trt(images, seed=0, vae="full")
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ def run_frontier(pipe: DepthPipeline, settings: Sequence[Setting], count: int = 
     """Accuracy (per unseen domain and mean) and single-image latency for each setting; the Pareto front over
     (latency, mean AbsRel); the default-vs-paper comparison. ``model`` only names the model in the report."""
     d = pipe.backend.defaults
-    default = Setting(d.steps, d.ensemble_size, d.timestep_spacing, d.vae)
+    default = Setting(d.steps, d.ensemble_size, d.timestep_spacing, pipe.vae_choice())  # the pipeline's VAE
     settings = list(dict.fromkeys([*settings, default]))  # the default is always measured; no setting twice
     image = render_scene(EVAL_DOMAINS[0], 0, size=(128, 128), split="test").rgb
     rows: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the graphs of an engines directory (``depth-export``), one session each.
 
-The U-Net's and the default VAE's sessions open with the backend; the other VAE's (the light VAE's, when the export
-has one) on first use.
+Every graph the manifest lists is checked when the backend opens; the U-Net's and the default VAE's sessions open
+with it, the other VAE's (the full or the light one) on first use.
 
 The CUDA execution provider is used when onnxruntime-gpu provides it, else the CPU provider. Inputs outside the
 manifest's shape range are refused before any work (:meth:`OnnxBackend.check_shapes`). Each graph is checked before
@@ -61,6 +61,8 @@ class OnnxBackend(BackendBase):
         self._threads = threads
         self._defaults = RuntimeDefaults(**m.data["defaults"])
         self._vae_variants = vae_variants(self.specs)
+        for name in self.specs:  # every listed file present and unchanged now, whichever VAE a call will choose
+            self._verified(name, precision)
         eager = ["unet", *(vae_networks(self._defaults.vae) if self._defaults.vae in self._vae_variants else ())]
         self.sessions = {name: self._session(name, precision) for name in dict.fromkeys(eager)}
         self.check_finite, self.fp32_decoder_fallback = check_finite, fp32_decoder_fallback
@@ -84,11 +86,16 @@ class OnnxBackend(BackendBase):
 
     # ------------------------------------------------------------------ DepthBackend (settings: BackendBase)
 
-    def _session(self, name: str, precision: str):  # -> onnxruntime.InferenceSession
+    def _verified(self, name: str, precision: str) -> Path:
+        """The graph's path, after checking it and its external data against the manifest (hashes are cached)."""
         m, entry = self.manifest, self.manifest.network(name, precision)
         path = m.verify(entry["file"], entry.get("sha256"))
         if entry.get("external_data"):
             m.verify(entry["external_data"]["file"], entry["external_data"].get("sha256"))
+        return path
+
+    def _session(self, name: str, precision: str):  # -> onnxruntime.InferenceSession
+        path = self._verified(name, precision)
         session = onnx_session(path, self.providers, self._threads)
         check_session_io(session, self.specs[name], path)
         return session
