@@ -218,8 +218,10 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     _scenes(tmp_path / "in", n)
     cmd = [sys.executable, "-m", "agdepth.runtime.cli", str(tmp_path / "in"), "--formats", "npy,png16",
            "--steps", "3", "--ensemble", "3", "--batch-size", "3"]
+    # SIGINT's default disposition in the child, whatever this process inherited (a suite started in the background
+    # of a non-interactive shell ignores SIGINT, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the run ends the wait itself, slow or not
     while len(list((tmp_path / "o").glob("*.npy"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
