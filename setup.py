@@ -56,7 +56,7 @@ setup(
     entry_points={"console_scripts": [
         "depth-train=agdepth.training.cli:main",
         "depth-export=agdepth.export.cli:main",
-        "depth-run=agdepth.runtime.cli:main",
+        "depth-run=agdepth.launch:depth_run",
         "depth-bench=agdepth.bench.cli:main",
         "depth-eval=agdepth.evaluation.cli:main",
         "depth-doctor=agdepth.doctor:main",

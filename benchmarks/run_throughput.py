@@ -7,7 +7,8 @@ Writes ``--count`` procedural images (``agdepth.data.procedural.render_scene``) 
 files, then compares two programs:
 
 * before: the complete package at ``--before``, extracted from git (``git archive``) into a temporary folder: its own
-  runtime, its own bundled model (``agdepth/weights/tiny``) and its own ``depth-export``. Its processes run with this
+  runtime, its own bundled model (``agdepth/weights/tiny``) and its own ``depth-export``. Each program runs what its
+  tree's console scripts run (the entry points in its setup.py). Its processes run with this
   interpreter and this environment's libraries, ``import agdepth`` resolving to the extracted tree (``PYTHONPATH``
   and the first ``sys.path`` entry; the script checks that it does);
 * after: this tree's ``depth-export`` and ``depth-run`` with this tree's bundled model, plus ``--after-args`` (extra
@@ -17,8 +18,8 @@ Each program exports its bundled model for ONNX Runtime fp32 with depth-export's
 ``--before-engines`` / ``--after-engines`` take existing exports instead) and runs ``depth-run FOLDER --engine
 DIR/unet.onnx --out OUT`` at the export's recorded defaults, alternating, ``--repeats`` times each after one warm-up
 run each; unless ``--no-passive``, both again with ``OMP_WAIT_POLICY=PASSIVE`` in their environment (PyTorch's OpenMP
-threads then sleep at once when idle instead of spinning; the setting must be in the environment before PyTorch loads,
-so depth-run cannot make it itself).
+threads then sleep at once when idle instead of spinning; read when PyTorch loads, so only a program whose entry
+point sets it before importing PyTorch has it without the environment's help).
 
 Every run writes into its own folder. Checks (the script fails otherwise): every run of a code base (with or without
 OMP passive) writes the same files with the same bytes as that code base's first run (determinism), and before and
@@ -61,9 +62,14 @@ CODES = ("before", "after")
 _DONE = re.compile(r"done: (\d+) image\(s\) in [\d.]+ s \(([\d.]+) img/s\); seconds per stage: (.*)")
 
 
-def launcher(tree: Path, module: str) -> list[str]:
-    """A command running ``module``'s ``main`` with ``agdepth`` imported from ``tree``."""
-    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from {module} import main; main()"
+def launcher(tree: Path, command: str) -> list[str]:
+    """A command running what ``tree``'s console script ``command`` (e.g. ``depth-run``) runs, as its setup.py names
+    it, with ``agdepth`` imported from ``tree``."""
+    found = re.search(rf'"{re.escape(command)}=([\w.]+):(\w+)"', (tree / "setup.py").read_text(encoding="utf-8"))
+    if found is None:
+        raise SystemExit(f"{tree / 'setup.py'} names no console script {command!r}")
+    module, func = found.groups()
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from {module} import {func}; {func}()"
     return [sys.executable, "-c", code]
 
 
@@ -93,7 +99,7 @@ def imported_from(tree: Path, cwd: Path, env: dict[str, str]) -> Path:
 
 
 def export(tree: Path, out: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([*launcher(tree, "agdepth.export.cli"), "--out", str(out)], capture_output=True, text=True,
+    proc = subprocess.run([*launcher(tree, "depth-export"), "--out", str(out)], capture_output=True, text=True,
                           cwd=tree, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"depth-export of {tree} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -205,7 +211,7 @@ def main() -> None:
             checks[code]["export_source"] = (src.resolve().relative_to(trees[code].resolve()).as_posix() if own
                                              else str(src))
         defaults = {c: manifests[c].get("defaults") for c in CODES}
-        code_cmds = {c: [*launcher(trees[c], "agdepth.runtime.cli"), str(photos), "--engine",
+        code_cmds = {c: [*launcher(trees[c], "depth-run"), str(photos), "--engine",
                          str(engines[c] / "unet.onnx"), *(after_args if c == "after" else [])] for c in CODES}
         programs: dict[str, tuple[str, dict[str, str]]] = {c: (c, envs[c]) for c in CODES}
         if not args.no_passive:
