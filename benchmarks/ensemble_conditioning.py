@@ -43,7 +43,7 @@ import torch
 
 from agdepth import default_checkpoint
 from agdepth.bench.ensembling import make_members
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import EVAL_DOMAINS
 from agdepth.ensemble import DEFAULT_METHOD, ENSEMBLE_METHODS, METHOD_DEFAULTS, ensemble_depth
 from agdepth.evaluation.datasets import ProceduralEvalDataset
@@ -228,10 +228,8 @@ def main() -> None:
                            "reduction": "median", "max_res": 1024, "torch_threads": torch.get_num_threads(),
                            "repeats": repeats},
               "sensitivity": sensitivity, "accuracy": accuracy, "speed": speed}
-    stamp_end(report)
-    text = markdown_document("Ensembling methods: least_squares, lbfgs, diffusers", report,
-                             markdown(report))
-    write_report(report, text, args.json, args.md)
+    text = publish_report("Ensembling methods: least_squares, lbfgs, diffusers", report,
+                             markdown(report), args.json, args.md)
     print(text)
 
 

@@ -30,7 +30,7 @@ import torch
 
 from agdepth import default_checkpoint
 from agdepth.bench.frontier import METRICS, Setting, run_frontier
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.ensemble import DEFAULT_METHOD
 from agdepth.runtime import DepthPipeline
 
@@ -220,10 +220,8 @@ def main() -> None:
             path = str(args.recorded)
         report["recorded"] = {"path": path, "command": old.get("command"), "date": old.get("date"),
                               "count_per_domain": old.get("count_per_domain"), "rows": rec_rows}
-    stamp_end(report)
-    text = markdown_document("The frontier's ensemble rows: least-squares ensembling against L-BFGS", report,
-                             markdown(report))
-    write_report(report, text, args.json, args.md)
+    text = publish_report("The frontier's ensemble rows: least-squares ensembling against L-BFGS", report,
+                             markdown(report), args.json, args.md)
     print(text)
 
 

@@ -56,7 +56,7 @@ import torch
 from agdepth.artifacts.checkpoint import read_model_index
 from agdepth.artifacts.manifest import Manifest
 from agdepth.bench.latency import torch_pipeline
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.bench.roofline import count_flops, measure_call_seconds
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.evaluation.procedural import evaluate_on_domains
@@ -562,9 +562,8 @@ def main() -> None:
     args = parse_args()
     meta = report_meta("python benchmarks/light_vae.py " + shlex.join(sys.argv[1:]))
     report = {**meta, **run(args)}
-    stamp_end(report)
-    text = markdown_document("Light VAE (distilled AutoencoderTiny) against the full VAE", report, markdown(report))
-    write_report(report, text, args.json, args.md)
+    text = publish_report("Light VAE (distilled AutoencoderTiny) against the full VAE", report, markdown(report),
+                          args.json, args.md)
     print(text)
 
 

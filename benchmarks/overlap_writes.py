@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agdepth import default_checkpoint
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.imageio import output_paths, write_outputs
 from agdepth.runtime import DepthPipeline
@@ -73,7 +73,6 @@ def main() -> None:
         "device": args.device, "count": args.count, "size": list(size), "formats": FORMATS,
         "seconds": times, "images_per_s": rate,
     }
-    stamp_end(report)
     lines = [f"{args.count} procedural test images of {size[0]}×{size[1]}, the bundled model at its default setting, "
              f"8 images per call, outputs {FORMATS}; median of {args.repeats} alternating runs per mode.", "",
              "| writes | seconds (runs) | images/s |", "|---|---|---|"]
@@ -81,8 +80,7 @@ def main() -> None:
         lines.append(f"| {m} | {statistics.median(v):.2f} ({', '.join(f'{x:.2f}' for x in v)}) | {rate[m]:.1f} |")
     lines += ["", f"Background over inline: {rate['background'] / rate['inline']:.2f}×."]
     title = f"Writing outputs inline or on depth-run's background writer ({args.device})"
-    text = markdown_document(title, report, "\n".join(lines))
-    write_report(report, text, args.json, args.md)
+    text = publish_report(title, report, "\n".join(lines), args.json, args.md)
     print(text)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from agdepth import default_checkpoint
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import DOMAINS, render_scene
 from agdepth.ensemble import DEFAULT_METHOD, ENSEMBLE_METHODS, METHOD_DEFAULTS
 from agdepth.export import Manifest
@@ -135,9 +135,7 @@ def main() -> None:
                            "method_defaults": {m: list(v) for m, v in METHOD_DEFAULTS.items()},
                            "precisions": precisions, "reference": REFERENCE},
               "scenes": scenes, "rows": rows}
-    stamp_end(report)
-    text = markdown_document("Backend parity of each ensembling method", report, markdown(report))
-    write_report(report, text, args.json, args.md)
+    text = publish_report("Backend parity of each ensembling method", report, markdown(report), args.json, args.md)
     print(text)
 
 

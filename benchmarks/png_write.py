@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from agdepth import default_checkpoint, imageio
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.runtime import DepthPipeline
 
@@ -70,7 +70,6 @@ def main() -> None:
         "size": args.size, "images": args.images, "repeats": args.repeats, "project_level": default_level,
         "rows": rows,
     }
-    stamp_end(report)
     by = {(r["maps"], r["level"]): r for r in rows}
     lines = [f"Median of {args.images} maps × {args.repeats} repeats per row; the project writes at level "
              f"{default_level}, Pillow's default is 6.", "",
@@ -80,8 +79,7 @@ def main() -> None:
         lines.append(f"| {r['maps']} | {r['level']} | {r['ms']:.1f} ms | {r['kib']:.0f} KiB | "
                      f"{ref['ms'] / r['ms']:.1f}× | {100 * (r['kib'] / ref['kib'] - 1):.1f} % |")
     title = f"16-bit depth PNG write, {args.size}×{args.size}, by zlib level"
-    text = markdown_document(title, report, "\n".join(lines))
-    write_report(report, text, args.json, args.md)
+    text = publish_report(title, report, "\n".join(lines), args.json, args.md)
     print(text)
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from agdepth import default_checkpoint
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.export import MANIFEST_FORMAT, ExportOptions, Manifest, export_checkpoint, sha256
 
 SIZES_MIB = {"unet.onnx": 700, "vae_encoder.onnx": 150, "vae_decoder.onnx": 174}
@@ -86,7 +86,6 @@ def main() -> None:
         imports, _, _ = wall([sys.executable, "-c", "import agdepth.runtime.cli"], args.repeats)
         report["refusal"] = {"seconds": refusal, "exit_code": code, "message": line, "import_seconds": imports,
                              "output_written": (t / "o").exists()}
-    stamp_end(report)
     v, r = report["verify"], report["refusal"]
     body = "\n".join([
         "| check | first | second | third |", "|---|---|---|---|",
@@ -95,7 +94,7 @@ def main() -> None:
         f"`depth-run --processing-res 100000` on an engine exported up to 64 px: refused in {r['seconds']:.2f} s "
         f"(median of {args.repeats}; exit {r['exit_code']}, nothing written: {not r['output_written']}), of which "
         f"{r['import_seconds']:.2f} s is importing the CLI (torch) alone.", "", f"Message: `{r['message']}`"])
-    write_report(report, markdown_document("Costs of the safety checks", report, body), args.json, args.md)
+    publish_report("Costs of the safety checks", report, body, args.json, args.md)
     print(body)
 
 

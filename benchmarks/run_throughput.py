@@ -49,7 +49,7 @@ from typing import Any
 
 from PIL import Image
 
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import EVAL_DOMAINS, render_scene
 from agdepth.runtime.pipeline import STAGES
 from agdepth.runtime.writer import default_readers, default_writers
@@ -274,7 +274,6 @@ def main() -> None:
         "environments": {p: {k: v for k, v in env.items() if k != "PYTHONPATH"} for p, (_, env) in programs.items()},
         "runs": runs, "summary": summary, "speedup_over_before": speedup,
     }
-    stamp_end(report)
     stages = [s for s in (*STAGES, "io") if any(summary[p]["stages_s"][s] > 0 for p in names)]
 
     def fmt_defaults(d: dict[str, Any] | None) -> str:
@@ -319,8 +318,7 @@ def main() -> None:
               "depth-run's header lines (first run of each program):", ""]
     lines += [f"- {p}: `{h}`" for p, h in headers.items()]
     title = f"depth-run throughput: {before[:10]} against this tree ({os.cpu_count()} CPUs)"
-    text = markdown_document(title, report, "\n".join(lines))
-    write_report(report, text, args.json, args.md)
+    text = publish_report(title, report, "\n".join(lines), args.json, args.md)
     print(text)
 
 

@@ -35,7 +35,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from agdepth import default_checkpoint
-from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+from agdepth.bench.report import publish_report, report_meta
 from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, DEPTH_RANGES, EVAL_DOMAINS, camera_overrides, render_scene
 from agdepth.depth_norm import normalize_depth
 from agdepth.evaluation.datasets import EvalSample, ProceduralEvalDataset
@@ -139,7 +139,6 @@ def main() -> None:
         "abs_rel": table,
         "training_domains_abs_rel": own,
     }
-    stamp_end(report)
     head = " | ".join(f"{d} ({sp})" for d in EVAL_DOMAINS for sp in SPACES)
     lines = ["AbsRel in % after the per-image least-squares fit in the named space (`protocol.score`); '-' where a "
              "row has no prediction in that space. The bar is half the trivial predictor's AbsRel.", "",
@@ -154,9 +153,8 @@ def main() -> None:
               "| scenes | checkpoint | best plane | trivial |", "|---|---|---|---|"]
     lines += [f"| {k} | {100 * v['checkpoint']:.1f} | {100 * v['best plane']:.1f} | {100 * v['trivial']:.1f} |"
               for k, v in own.items()]
-    text = markdown_document(f"Ceilings on the unseen procedural domains ({args.count} test scenes each, "
-                             f"{size[0]}×{size[1]})", report, "\n".join(lines))
-    write_report(report, text, args.json, args.md)
+    text = publish_report(f"Ceilings on the unseen procedural domains ({args.count} test scenes each, "
+                          f"{size[0]}×{size[1]})", report, "\n".join(lines), args.json, args.md)
     print(text)
 
 

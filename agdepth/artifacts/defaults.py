@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agdepth.networks import VAE_CHOICES
+from agdepth.networks import vae_networks
 from agdepth.schedule import TIMESTEP_SPACINGS
 
 # For directories whose model_index.json does not say. diffusers' MarigoldDepthPipeline raises in that case unless
@@ -40,8 +40,7 @@ class RuntimeDefaults:
     def __post_init__(self) -> None:
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
-        if self.vae not in VAE_CHOICES:
-            raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, got {self.vae!r}")
+        vae_networks(self.vae)  # a known choice, or a ValueError listing them
         object.__setattr__(self, "assumed", tuple(self.assumed))  # a JSON list when read from a manifest
 
     def to_dict(self) -> dict[str, Any]:

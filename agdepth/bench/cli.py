@@ -136,12 +136,9 @@ def _timing_misses(report: dict[str, Any]) -> list[str]:
 
 def _finish(title: str, report: dict[str, Any], body: str, json_path: Path | None, md_path: Path | None,
             failed: list[str]) -> None:
-    from agdepth.bench.report import markdown_document, stamp_end, write_report
+    from agdepth.bench.report import publish_report
 
-    stamp_end(report)
-    text = markdown_document(title, report, _with_relations(body, report))
-    click.echo(text)
-    write_report(report, text, json_path, md_path)
+    click.echo(publish_report(title, report, _with_relations(body, report), json_path, md_path))
     _report_timing(_timing_misses(report))
     if failed:
         click.echo("error: check(s) that hold on any machine failed: " + "; ".join(failed), err=True)
@@ -460,7 +457,7 @@ def all_suites(out: Path, quick: bool, device: str, work_dir: Path) -> None:
     from agdepth.bench.ensembling import markdown as ensemble_md
     from agdepth.bench.frontier import markdown as frontier_md
     from agdepth.bench.latency import markdown as latency_md
-    from agdepth.bench.report import markdown_document, report_meta, stamp_end, write_report
+    from agdepth.bench.report import publish_report, report_meta
     from agdepth.bench.roofline import markdown as roofline_md
 
     png = out / "bench_frontier.png"
@@ -487,9 +484,8 @@ def all_suites(out: Path, quick: bool, device: str, work_dir: Path) -> None:
             report["error"] = bad[0]
             text = f"**The suite did not run to the end**: {bad[0]}\n"
             click.echo(traceback.format_exc().rstrip() + f"\nerror: {name}: {bad[0]}", err=True)
-        stamp_end(report)
-        write_report(report, markdown_document(title, report, _with_relations(text, report)),
-                     out / f"bench_{name}.json", out / f"bench_{name}.md")
+        publish_report(title, report, _with_relations(text, report), out / f"bench_{name}.json",
+                       out / f"bench_{name}.md")
         failed += [f"{name}: {b}" for b in bad]
         timing += [f"{name}: {t}" for t in _timing_misses(report)]
     click.echo(f"wrote {', '.join(f'bench_{n}' for n in runs)} (.json/.md) and {png.name} to {out}")

@@ -80,4 +80,14 @@ def write_report(report: dict[str, Any], markdown: str, json_path: Path | None, 
         md_path.write_text(markdown)
 
 
-__all__ = ["BENCH_PACKAGES", "load_average", "markdown_document", "report_meta", "stamp_end", "write_report"]
+def publish_report(title: str, report: dict[str, Any], body: str, json_path: Path | None,
+                   md_path: Path | None) -> str:
+    """The end of every suite: :func:`stamp_end`, the markdown document, both files written; returns the markdown."""
+    stamp_end(report)
+    text = markdown_document(title, report, body)
+    write_report(report, text, json_path, md_path)
+    return text
+
+
+__all__ = ["BENCH_PACKAGES", "load_average", "markdown_document", "publish_report", "report_meta", "stamp_end",
+           "write_report"]

@@ -28,8 +28,6 @@ from agdepth.artifacts.manifest import (
 )
 from agdepth.artifacts.tensorrt import tensorrt_status
 from agdepth.networks import (
-    LIGHT_NETWORKS,
-    NETWORK_NAMES,
     ShapeRange,
     describe_light_networks,
     describe_networks,
@@ -187,8 +185,7 @@ def _build_from_manifest(manifest: Manifest, progress: Callable[[str], None]) ->
 
     # exports made before the TensorRT graphs existed: their ONNX Runtime fp16 graphs
     prec = TENSORRT_PRECISION if TENSORRT_PRECISION in manifest.precisions else "fp16"
-    names = [n for n in manifest.data["networks"][prec] if n in NETWORK_NAMES or n in LIGHT_NETWORKS]
-    onnx_files = {name: manifest.path(name, prec) for name in names}
+    onnx_files = {name: manifest.path(name, prec) for name in manifest.data["networks"][prec]}
     onnx_files[FALLBACK_DECODER] = manifest.path("vae_decoder", "fp32")  # for fp16 overflows at run time
     info = build_engines(manifest.root, onnx_files, int(manifest.data["vae_scale_factor"]),
                          tuple(manifest.data["empty_text_embedding"]["shape"]), manifest.shapes, progress=progress)

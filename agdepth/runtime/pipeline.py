@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from agdepth.artifacts.manifest import MANIFEST
 from agdepth.ensemble import ensemble_depth
-from agdepth.networks import LATENT_CHANNELS, VAE_CHOICES, vae_networks
+from agdepth.networks import LATENT_CHANNELS, vae_networks
 from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import (
     RESAMPLE_METHODS,
@@ -249,8 +249,7 @@ class DepthPipeline:
         """The VAE a call with ``vae`` runs (None: the pipeline's, else the checkpoint's), checked against what the
         backend has: a ValueError names the choices."""
         choice = vae or self.vae or self.backend.defaults.vae
-        if choice not in VAE_CHOICES:
-            raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, got {choice!r}")
+        vae_networks(choice)  # a known choice
         have = self.backend.vae_variants
         if choice not in have:
             raise ValueError(f"vae={choice!r}: this model has no light VAE (its VAE choices: {', '.join(have)}); "
