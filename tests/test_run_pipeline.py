@@ -235,3 +235,28 @@ def test_gpu_images_are_uploaded_as_bytes_and_give_the_same_depth() -> None:
     got = pipe(prepared, latents=lat, batch_size=8)
     for a, b in zip(want.depth, got.depth, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_prepared_images_give_the_same_depth() -> None:
+    """depth-run preprocesses on its reader threads (``pipe.prepare``): a call given prepared images, alone or mixed
+    with raw ones of the same size, returns the depth of the raw images, bit for bit."""
+    pipe = DepthPipeline.from_checkpoint(default_checkpoint())
+    imgs = [render_scene(SCENES[i], i, size=(40 + 8 * (i % 2), 56), split="test").rgb for i in range(4)]
+    lat = [pipe.initial_latents([img], 2, 48, seed=i)[0] for i, img in enumerate(imgs)]
+    kw = {"processing_res": 48, "ensemble": 2, "batch_size": 4, "latents": lat, "resample_method_input": "bicubic"}
+    want = pipe(imgs, **kw).depth
+    prepared = pipe.prepare(imgs, processing_res=48, resample_method_input="bicubic")
+    assert [p.original_size for p in prepared] == [img.shape[:2] for img in imgs]
+    for inputs in (prepared, [prepared[0], imgs[1], imgs[2], prepared[3]]):
+        got = pipe(inputs, **kw).depth
+        assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def test_images_prepared_for_other_settings_are_refused() -> None:
+    pipe = DepthPipeline.from_checkpoint(default_checkpoint())
+    img = render_scene("indoor", 0, size=(40, 56), split="test").rgb
+    prepared = pipe.prepare(img, processing_res=48)
+    with pytest.raises(ValueError, match="prepared for other settings.*processing res 48.*processing res 64"):
+        pipe([img, prepared[0]], processing_res=64)
+    with pytest.raises(ValueError, match="bilinear.*nearest"):
+        pipe(prepared, processing_res=48, resample_method_input="nearest")

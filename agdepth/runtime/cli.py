@@ -23,7 +23,14 @@ from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read
 from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
 from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
-from agdepth.runtime.writer import BackgroundWriter, OutputWriteError, ReadAhead, default_readers, default_writers
+from agdepth.runtime.writer import (
+    BackgroundWriter,
+    OutputWriteError,
+    ReadAhead,
+    default_readers,
+    default_writers,
+    network_threads,
+)
 
 
 def _backend_name(pipe: DepthPipeline) -> str:
@@ -79,7 +86,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     try:
-        pipe = open_pipeline(engine, checkpoint, device)
+        pipe = open_pipeline(engine, checkpoint, device, onnx_threads=network_threads())
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -114,8 +121,8 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     done = 0
     bar = tqdm(total=len(plan.jobs), desc="depth", unit="img", dynamic_ncols=True)
 
-    def load(job: Job) -> Any:  # on a reader thread
-        return device_image(read_image(job.source), pipe.backend.device)
+    def load(job: Job) -> Any:  # on a reader thread: decoded, normalised, resized and padded, ready for the networks
+        return pipe.prepare(device_image(read_image(job.source), pipe.backend.device), processing_res=res)[0]
 
     def predict(imgs: list[Any], seeds: list[int]) -> Any:
         # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
@@ -123,8 +130,9 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing, vae=vae_,
                     batch_size=batch_size, latents=lat, output_uncertainty=uncertainty)
 
-    # A pipeline of three stages: the next images are read and decoded on reader threads (one chunk ahead, in input
-    # order) while the networks run on this thread, and outputs are encoded and written on writer threads. Chunks are
+    # A pipeline of three stages: the next images are read, decoded and preprocessed on reader threads (one chunk
+    # ahead, in input order) while the networks run on this thread, and outputs are encoded and written on writer
+    # threads. Chunks are
     # the same slices of the job list as when everything ran in turn, so results are too. "io" is the time this
     # thread spends waiting for inputs and for the writers.
     writer = BackgroundWriter(max_pending=max(2 * per_call, 2 * default_writers(), 4))
@@ -137,9 +145,10 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
                 try:
                     images.append(reads.take())
                     chunk.append(job)
-                except ImageReadError as e:
-                    failures.append(str(e))
-                    tqdm.write(f"error: {e}", file=sys.stderr)
+                except (ImageReadError, ValueError) as e:  # unreadable, or a size the engines do not take
+                    problem = str(e) if isinstance(e, ImageReadError) else f"{job.source}: {e}"
+                    failures.append(problem)
+                    tqdm.write(f"error: {problem}", file=sys.stderr)
                     bar.update(1)
             timings["io"] += time.perf_counter() - t_io
             if not images:

@@ -81,10 +81,12 @@ def torch_device(name: str) -> str:
     return name
 
 
-def open_pipeline(engine: Path | None, checkpoint: Path | None, device: str = "auto") -> DepthPipeline:
+def open_pipeline(engine: Path | None, checkpoint: Path | None, device: str = "auto",
+                  onnx_threads: int = 0) -> DepthPipeline:
     """The pipeline the model options name: ``--engine`` (backend by what the path is), ``--checkpoint`` (PyTorch on
-    ``device``), neither (the bundled model on PyTorch). Usage errors raise :class:`click.UsageError`; a model that
-    cannot be loaded raises FileNotFoundError, ValueError, KeyError or RuntimeError naming the file."""
+    ``device``), neither (the bundled model on PyTorch). ``onnx_threads``: ONNX Runtime's intra-op threads (0: its
+    default). Usage errors raise :class:`click.UsageError`; a model that cannot be loaded raises FileNotFoundError,
+    ValueError, KeyError or RuntimeError naming the file."""
     import torch
 
     from agdepth.runtime.pipeline import DepthPipeline
@@ -97,7 +99,7 @@ def open_pipeline(engine: Path | None, checkpoint: Path | None, device: str = "a
         return DepthPipeline.from_engine(engine)
     dev = torch_device(device)
     if engine is not None:
-        return DepthPipeline.from_engine(engine, device=dev)
+        return DepthPipeline.from_engine(engine, device=dev, threads=onnx_threads)
     if checkpoint is None:
         from agdepth import default_checkpoint
 

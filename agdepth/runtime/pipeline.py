@@ -30,6 +30,7 @@ from agdepth.runtime.backends import DepthBackend
 from agdepth.runtime.preprocess import (
     RESAMPLE_METHODS,
     ImageInput,
+    PreparedImage,
     as_image_list,
     image_size,
     preprocess,
@@ -37,6 +38,7 @@ from agdepth.runtime.preprocess import (
     resize,
     unpad,
 )
+from agdepth.runtime.preprocess import prepare as prepare_images
 
 STAGES = ("preprocess", "encode", "unet", "decode", "ensemble", "postprocess")
 REDUCTIONS = ("median", "mean")
@@ -148,12 +150,14 @@ class DepthPipeline:
 
     @classmethod
     def from_engine(cls, path: str | Path, providers: list[str] | None = None,
-                    device: str | torch.device | None = None, vae: str | None = None) -> DepthPipeline:
+                    device: str | torch.device | None = None, vae: str | None = None,
+                    threads: int = 0) -> DepthPipeline:
         """The backend :func:`agdepth.runtime.backends.open_backend` picks for ``path`` (``*.onnx``, ``*.plan``, an
-        engines directory or a checkpoint directory); ``vae`` as in the class docstring."""
+        engines directory or a checkpoint directory); ``vae`` as in the class docstring; ``threads``: ONNX Runtime's
+        intra-op threads per session (0: its default)."""
         from agdepth.runtime.backends import open_backend
 
-        return cls(open_backend(path, providers=providers, device=device), vae=vae)
+        return cls(open_backend(path, providers=providers, device=device, threads=threads), vae=vae)
 
     @property
     def image_processor(self) -> Any:
@@ -281,6 +285,25 @@ class DepthPipeline:
             out.append(torch.randn((ens, LATENT_CHANNELS, h // f, w // f), generator=g))
         return out
 
+    def prepare(self, image: ImageInput | list[ImageInput], processing_resolution: int | None = None,
+                resample_method_input: str = "bilinear", *, processing_res: int | None = None) -> list[PreparedImage]:
+        """Preprocess images now (normalise, resize, pad), one :class:`PreparedImage` per image, for a later call
+        with the same ``processing_resolution`` and ``resample_method_input``: that call skips the work, and its
+        results equal those for the raw images. Thread-safe, so a loader can prepare the next images while the
+        networks run; a call with other settings refuses them (ValueError)."""
+        processing_resolution = _alias(processing_resolution, processing_res, "processing_resolution",
+                                       "processing_res")
+        res = self.check_settings(processing_res=processing_resolution)[2]
+        if resample_method_input not in RESAMPLE_METHODS:
+            raise ValueError(f"`resample_method_input` must be one of {RESAMPLE_METHODS}, got "
+                             f"{resample_method_input!r}")
+        be = self.backend
+        image_list = as_image_list(image)
+        for size in {image_size(img) for img in image_list}:  # before resizing: a huge size fails here, cheaply
+            be.check_shapes(1, *self._padded_size(size, res))
+        return prepare_images(image_list, res, be.device, be.dtype, resample_method_input, be.vae_scale_factor,
+                              be.static_size)
+
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()  # not inference_mode: ensemble_depth differentiates its alignment objective with autograd
@@ -315,8 +338,9 @@ class DepthPipeline:
 
         Args:
             image: a PIL image, a numpy array ([H,W], [H,W,C], [N,H,W,C]; unsigned ints or floats in [0, 1]), a
-                torch tensor ([H,W], [C,H,W], [N,C,H,W]; uint8 or floats in [0, 1]), or a list of them. Unlike
-                diffusers, images of different sizes may share a call (their outputs are then lists).
+                torch tensor ([H,W], [C,H,W], [N,C,H,W]; uint8 or floats in [0, 1]), an image from :meth:`prepare`, or
+                a list of them. Unlike diffusers, images of different sizes may share a call (their outputs are
+                then lists).
             num_inference_steps, ensemble_size, processing_resolution: None = the checkpoint's defaults
                 (``backend.defaults``; a Marigold directory recommends no ensemble size: 1, as diffusers).
                 ``processing_resolution`` is the longer edge the networks see; 0 = native size.
@@ -516,4 +540,4 @@ def _collect(maps: list[torch.Tensor], output_type: str) -> Any:
     return torch.stack(maps) if len({tuple(m.shape) for m in maps}) == 1 else list(maps)
 
 
-__all__ = ["DepthOutput", "DepthPipeline", "STAGES"]
+__all__ = ["STAGES", "DepthOutput", "DepthPipeline", "PreparedImage"]

@@ -18,7 +18,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 RESAMPLE_METHODS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
-ImageInput = Image.Image | np.ndarray | torch.Tensor  # numpy channels-last, torch channels-first (diffusers' layouts)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image after :func:`preprocess` (``DepthPipeline.prepare``): normalised, resized and padded for one set of
+    preprocessing settings. A pipeline call given it skips that work, so it can run ahead on other threads."""
+
+    image: torch.Tensor  # [1,3,PPH,PPW] in [-1,1], padded
+    padding: tuple[int, int]  # (bottom, right) rows/columns of padding
+    original_size: tuple[int, int]  # (H, W) of the input
+    settings: tuple[Any, ...]  # what it was prepared for: see :func:`preprocess_settings`
+
+
+# numpy channels-last, torch channels-first (diffusers' layouts), or already prepared
+ImageInput = Image.Image | np.ndarray | torch.Tensor | PreparedImage
 
 
 @dataclass
@@ -37,7 +51,7 @@ def as_image_list(images: Any) -> list[ImageInput]:
         if not images:
             raise ValueError("no images given")
         return [one for img in images for one in as_image_list(img)]
-    if isinstance(images, Image.Image):
+    if isinstance(images, (Image.Image, PreparedImage)):
         return [images]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim not in (2, 3, 4):
@@ -48,7 +62,10 @@ def as_image_list(images: Any) -> list[ImageInput]:
 
 
 def image_size(image: ImageInput) -> tuple[int, int]:
-    """(H, W) of a PIL image, a [H,W(,C)] array or a [(C,)H,W] tensor, without converting it."""
+    """(H, W) of a PIL image, a [H,W(,C)] array, a [(C,)H,W] tensor or a prepared image's input, without converting
+    it."""
+    if isinstance(image, PreparedImage):
+        return image.original_size
     if isinstance(image, Image.Image):
         return image.height, image.width
     if isinstance(image, np.ndarray) and image.ndim >= 2:
@@ -170,6 +187,12 @@ def unpad(image: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
     return image[..., : image.shape[-2] - ph, : image.shape[-1] - pw]
 
 
+def preprocess_settings(processing_resolution: int | None, device: torch.device | str, dtype: torch.dtype,
+                        resample_method: str, align: int, canvas: tuple[int, int] | None) -> tuple[Any, ...]:
+    """What a :class:`PreparedImage` depends on: one made for other settings is refused, not silently mixed in."""
+    return (processing_resolution or 0, torch.device(device), dtype, resample_method, align, canvas)
+
+
 def preprocess(
     images: Sequence[ImageInput],
     processing_resolution: int | None,
@@ -182,20 +205,64 @@ def preprocess(
     """Load, normalise, resize and pad; images of equal size share one group (groups in order of first appearance).
 
     ``processing_resolution`` None or 0 keeps the native resolution (padding still applies). ``canvas``: pad to this
-    (H, W) instead of to a multiple of ``align`` (static engines).
+    (H, W) instead of to a multiple of ``align`` (static engines). :class:`PreparedImage` inputs are taken as they
+    are (a ValueError if they were prepared for other settings); each image is resized on its own, so a prepared
+    image equals the same image preprocessed in a group.
     """
     if processing_resolution is not None and processing_resolution < 0:
         raise ValueError("processing_resolution must be >= 0 (0 = native resolution)")
-    loaded = [load_image_canonical(img, device, dtype) for img in images]
+    settings = preprocess_settings(processing_resolution, device, dtype, resample_method, align, canvas)
+    loaded: dict[int, torch.Tensor] = {}
+    prepared: dict[int, PreparedImage] = {}
     by_size: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(loaded):
-        by_size.setdefault((int(t.shape[-2]), int(t.shape[-1])), []).append(i)
+    for i, img in enumerate(images):
+        if isinstance(img, PreparedImage):
+            if img.settings != settings:
+                raise ValueError(f"image {i} was prepared for other settings ({_describe(img.settings)}) than this "
+                                 f"call's ({_describe(settings)}): prepare it with the call's settings")
+            prepared[i], size = img, img.original_size
+        else:
+            t = loaded[i] = load_image_canonical(img, device, dtype)
+            size = (int(t.shape[-2]), int(t.shape[-1]))
+        by_size.setdefault(size, []).append(i)
     groups = []
     for size, indices in by_size.items():
-        x = torch.cat([loaded[i] for i in indices], dim=0)  # a new tensor: normalised in place
-        x = x.mul_(2.0).sub_(1.0)  # diffusers normalises before resizing (x * 2 - 1, the same roundings)
-        if processing_resolution:
-            x = resize_to_max_edge(x, processing_resolution, resample_method)
-        x, padding = pad_to_multiple(x, align) if canvas is None else pad_to_size(x, canvas)
+        fresh = [i for i in indices if i in loaded]
+        padding = (0, 0)
+        if fresh:
+            x = torch.cat([loaded[i] for i in fresh], dim=0)  # a new tensor: normalised in place
+            x = x.mul_(2.0).sub_(1.0)  # diffusers normalises before resizing (x * 2 - 1, the same roundings)
+            if processing_resolution:
+                x = resize_to_max_edge(x, processing_resolution, resample_method)
+            x, padding = pad_to_multiple(x, align) if canvas is None else pad_to_size(x, canvas)
+        if len(fresh) < len(indices):  # prepared images among them: the rows in input order
+            rows = dict(zip(fresh, x.split(1), strict=True)) if fresh else {}
+            rows.update((i, prepared[i].image) for i in indices if i in prepared)
+            padding = prepared[next(i for i in indices if i in prepared)].padding
+            x = torch.cat([rows[i] for i in indices])
         groups.append(SizeGroup(indices=indices, image=x, padding=padding, original_size=size))
     return groups
+
+
+def _describe(settings: tuple[Any, ...]) -> str:
+    res, device, dtype, method, align, canvas = settings
+    where = f"canvas {canvas[0]}x{canvas[1]}" if canvas else f"multiple of {align}"
+    return f"processing res {res}, {method}, {where}, {str(dtype).removeprefix('torch.')} on {device}"
+
+
+def prepare(
+    images: Sequence[ImageInput],
+    processing_resolution: int | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    resample_method: str = "bilinear",
+    align: int = 8,
+    canvas: tuple[int, int] | None = None,
+) -> list[PreparedImage]:
+    """:func:`preprocess` per image: one :class:`PreparedImage` per input, in order."""
+    settings = preprocess_settings(processing_resolution, device, dtype, resample_method, align, canvas)
+    out: list[PreparedImage | None] = [None] * len(images)
+    for g in preprocess(images, processing_resolution, device, dtype, resample_method, align, canvas):
+        for i, row in zip(g.indices, g.image.split(1), strict=True):
+            out[i] = PreparedImage(image=row, padding=g.padding, original_size=g.original_size, settings=settings)
+    return out  # type: ignore[return-value]

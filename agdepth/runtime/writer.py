@@ -52,6 +52,13 @@ def disk_full(err: BaseException) -> bool:
     return bool(re.search(r"\d+ requested and \d+ written", str(err)))
 
 
+def network_threads() -> int:
+    """CPU threads for the networks while the reader and writer pools work beside them: half the usable CPUs, at
+    least one. On a CPU, decoding and PNG-encoding an image costs about what the networks do at the default setting;
+    and a network that spreads each operator over every core stalls at each one until the pools give a core back."""
+    return max(1, usable_cpus() // 2)
+
+
 class OutputWriteError(RuntimeError):
     """A background write failed; the message names the input whose outputs could not be written."""
 

@@ -169,18 +169,19 @@ def open_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu",
     return TorchBackend.from_checkpoint(checkpoint, device=device, dtype=dtype)
 
 
-def _onnx_backend(manifest: Any, precision: str, providers: list[str] | None) -> DepthBackend:
+def _onnx_backend(manifest: Any, precision: str, providers: list[str] | None, threads: int) -> DepthBackend:
     from agdepth.runtime.backends.onnx_backend import OnnxBackend  # onnxruntime only when actually needed
 
-    return OnnxBackend(manifest, precision, providers)
+    return OnnxBackend(manifest, precision, providers, threads=threads)
 
 
 def open_backend(path: str | Path, providers: list[str] | None = None,
-                 device: str | torch.device | None = None) -> DepthBackend:
+                 device: str | torch.device | None = None, threads: int = 0) -> DepthBackend:
     """The backend for what ``path`` is: ``*.onnx`` -> ONNX Runtime at that file's precision (siblings and settings
     from the manifest beside it); an engines directory -> its fp32 ONNX graphs; a checkpoint directory -> PyTorch on
     ``device`` (default CPU); ``*.plan`` -> TensorRT on ``device`` (default ``cuda``; the engines of the manifest
-    beside it, NaN/Inf checked with the fp32 decoder as fallback; a clear error without TensorRT)."""
+    beside it, NaN/Inf checked with the fp32 decoder as fallback; a clear error without TensorRT). ``threads``: ONNX
+    Runtime's intra-op threads per session (0: its default)."""
     path = Path(path)
     if path.suffix == ".plan":
         from agdepth.runtime.backends.tensorrt_backend import TensorRTBackend
@@ -190,7 +191,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None,
 
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return _onnx_backend(path, "fp32", providers)
+            return _onnx_backend(path, "fp32", providers, threads)
         if (path / "model_index.json").is_file() or (path / "unet").is_dir():
             return open_checkpoint(path, device=device or "cpu")
         raise FileNotFoundError(f"{path} has neither {MANIFEST} (depth-export output) nor model_index.json")
@@ -200,7 +201,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None,
         raise FileNotFoundError(f"{path} does not exist")
     manifest = Manifest.load(path.parent)
     _, precision = manifest.precision_of(path)
-    return _onnx_backend(manifest, precision, providers)
+    return _onnx_backend(manifest, precision, providers, threads)
 
 
 __all__ = ["ENGINE_KINDS", "BackendBase", "DepthBackend", "NonFiniteOutputError", "RuntimeDefaults", "open_backend",
