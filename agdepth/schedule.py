@@ -259,16 +259,19 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ DDIM
 
     def ddim_timesteps(
-        self, num_inference_steps: int, spacing: str | None = None, steps_offset: int | None = None
+        self, num_inference_steps: int, spacing: str | None = None, steps_offset: int | None = None,
+        strength: float = 1.0,
     ) -> np.ndarray:
         """Descending int64 timesteps, identical to ``DDIMScheduler.set_timesteps(n).timesteps``.
 
         ``spacing``/``steps_offset`` default to the schedule's fields. ``steps_offset`` only applies to "leading"
         (as in diffusers). Use "trailing" for few-step inference: "leading" with n=1 runs the single step at t=0+offset.
+        ``strength`` < 1 (a warm start from a noised earlier sample) lays the same grid over the first
+        :meth:`start_timestep` + 1 timesteps instead of all T: the run starts at that timestep, not at T − 1.
         """
         spacing = self.timestep_spacing if spacing is None else spacing
         offset = self.steps_offset if steps_offset is None else steps_offset
-        n, T = int(num_inference_steps), self.num_train_timesteps
+        n, T = int(num_inference_steps), self.start_timestep(strength) + 1
         if not 1 <= n <= T:
             raise ValueError(f"num_inference_steps must be in [1, {T}], got {n}")
         if spacing == "linspace":
@@ -282,16 +285,29 @@ class NoiseSchedule:
             raise ValueError(f"spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
         return ts
 
+    def start_timestep(self, strength: float = 1.0) -> int:
+        """The timestep a run of ``strength`` in (0, 1] starts from: round(strength · T) − 1 (T − 1 at strength 1,
+        diffusers' trailing start; lower values keep more of the sample the run starts from)."""
+        T = self.num_train_timesteps
+        if not 0.0 < float(strength) <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        t = round(float(strength) * T) - 1
+        if t < 0:
+            raise ValueError(f"strength {strength} starts below timestep 0: the least is 1/{T}")
+        return t
+
     def ddim_step_pairs(
-        self, num_inference_steps: int, spacing: str | None = None, steps_offset: int | None = None
+        self, num_inference_steps: int, spacing: str | None = None, steps_offset: int | None = None,
+        strength: float = 1.0,
     ) -> list[tuple[int, int]]:
         """[(t, prev_t), ...] for a DDIM loop, with prev_t exactly as ``DDIMScheduler.step`` derives it.
 
         diffusers uses ``prev_t = t − T // n`` rather than the next entry of the timestep list; the two differ when
         n does not divide T with "trailing"/"linspace" spacing, so we reproduce diffusers. prev_t < 0 means "final".
+        With ``strength`` < 1, T is the shortened horizon of :meth:`ddim_timesteps`.
         """
-        ts = self.ddim_timesteps(num_inference_steps, spacing, steps_offset)
-        stride = self.num_train_timesteps // int(num_inference_steps)
+        ts = self.ddim_timesteps(num_inference_steps, spacing, steps_offset, strength)
+        stride = (self.start_timestep(strength) + 1) // int(num_inference_steps)
         return [(int(t), int(t) - stride) for t in ts]
 
     def ddim_step(
@@ -415,16 +431,21 @@ class NoiseSchedule:
             return self.lcm_timesteps(num_inference_steps)
         return self.ddim_timesteps(num_inference_steps, spacing)
 
-    def step_pairs(self, num_inference_steps: int, spacing: str | None = None) -> list[tuple[int, int]]:
+    def step_pairs(self, num_inference_steps: int, spacing: str | None = None,
+                   strength: float = 1.0) -> list[tuple[int, int]]:
         """[(t, prev_t), ...] for the sampler loop, prev_t exactly as the diffusers scheduler's ``step`` derives it.
 
-        DDIM: :meth:`ddim_step_pairs`. LCM: prev_t is the next timestep of :meth:`inference_timesteps`; on the last
-        step diffusers uses t itself (the last step returns the denoised sample, so prev_t is unused there).
+        DDIM: :meth:`ddim_step_pairs` (``strength`` < 1: a warm start, see :meth:`ddim_timesteps`). LCM: prev_t is
+        the next timestep of :meth:`inference_timesteps`; on the last step diffusers uses t itself (the last step
+        returns the denoised sample, so prev_t is unused there); LCM has its own timesteps, so no ``strength`` < 1.
         """
         if self.kind == "lcm":
+            if strength != 1.0:
+                raise ValueError(f"strength={strength}: a warm start needs a DDIM schedule (LCM has its own "
+                                 "timesteps)")
             ts = [int(t) for t in self.inference_timesteps(num_inference_steps, spacing)]
             return list(zip(ts, [*ts[1:], ts[-1]], strict=True))
-        return self.ddim_step_pairs(num_inference_steps, spacing)
+        return self.ddim_step_pairs(num_inference_steps, spacing, strength=strength)
 
     def step_needs_noise(self, index: int, num_inference_steps: int) -> bool:
         """Whether step ``index`` (0-based) of an n-step run takes fresh noise: LCM steps but the last. The caller

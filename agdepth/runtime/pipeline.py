@@ -189,28 +189,28 @@ class DepthPipeline:
 
     @staticmethod
     def _latents_per_image(
-        latents: torch.Tensor | list[torch.Tensor], shapes: list[tuple[int, int, int, int]]
+        latents: torch.Tensor | list[torch.Tensor], shapes: list[tuple[int, int, int, int]], name: str = "latents"
     ) -> list[torch.Tensor]:
         """Split/validate caller latents into one [E,4,h,w] tensor per image (``shapes`` = expected per image)."""
         if isinstance(latents, torch.Tensor):
             if len(set(shapes)) != 1:
                 raise ValueError(
-                    "images of different processed sizes need `latents` as a list of per-image [E,4,h,w] tensors"
+                    f"images of different processed sizes need `{name}` as a list of per-image [E,4,h,w] tensors"
                 )
             e, c, h, w = shapes[0]
             expected = (len(shapes) * e, c, h, w)
             if tuple(latents.shape) != expected:
                 raise ValueError(
-                    f"`latents` has unexpected shape={tuple(latents.shape)} expected={expected} "
+                    f"`{name}` has unexpected shape={tuple(latents.shape)} expected={expected} "
                     "([N·E, 4, h, w], image-major)"
                 )
             return list(latents.split(e, dim=0))
         if not isinstance(latents, (list, tuple)) or len(latents) != len(shapes):
-            raise ValueError(f"`latents` must be a tensor or a list of {len(shapes)} per-image tensors")
+            raise ValueError(f"`{name}` must be a tensor or a list of {len(shapes)} per-image tensors")
         for i, (lat, expected) in enumerate(zip(latents, shapes, strict=True)):
             if not isinstance(lat, torch.Tensor) or tuple(lat.shape) != expected:
                 got = tuple(lat.shape) if isinstance(lat, torch.Tensor) else type(lat).__name__
-                raise ValueError(f"`latents[{i}]` has unexpected shape={got} expected={expected}")
+                raise ValueError(f"`{name}[{i}]` has unexpected shape={got} expected={expected}")
         return list(latents)
 
     def _processing_resolution(self, processing_res: int | None) -> int:
@@ -333,6 +333,8 @@ class DepthPipeline:
         seed: int | None = None,
         reduction: str | None = None,
         vae: str | None = None,
+        strength: float = 1.0,
+        init_latents: torch.Tensor | np.ndarray | list[torch.Tensor] | None = None,
     ) -> DepthOutput | tuple[Any, Any, Any]:
         """Predict depth: diffusers' ``MarigoldDepthPipeline.__call__``, same arguments, defaults and outputs.
 
@@ -365,6 +367,12 @@ class DepthPipeline:
                 and ``ensembling_kwargs["reduction"]``.
             vae: the VAE this call runs ("full", "light", "light-encoder", "light-decoder"); None: the pipeline's
                 (``DepthPipeline(vae=)``), else the checkpoint's recommendation.
+            init_latents, strength: a warm start (as diffusers' img2img ``strength``): the run starts from
+                ``init_latents`` (depth latents, e.g. an earlier call's ``output_latent``; the layout of ``latents``)
+                noised with the initial noise to the timestep ``strength`` gives
+                (:meth:`agdepth.schedule.NoiseSchedule.start_timestep`), and its steps span that timestep down to
+                0. ``strength`` 1 starts at T − 1 as a plain call does; < 1 needs ``init_latents`` and a DDIM
+                schedule.
         """
         t_start = time.perf_counter()
         be = self.backend
@@ -405,8 +413,11 @@ class DepthPipeline:
             raise ValueError("output_uncertainty needs ensemble_size > 1")
         if latents is not None and generator is not None:
             raise ValueError("`latents` and `generator` cannot be used together")
+        if strength != 1.0 and init_latents is None:
+            raise ValueError(f"strength={strength} starts from init_latents: pass them (e.g. an earlier call's "
+                             "output_latent)")
         canvas = be.static_size
-        pairs = be.schedule.step_pairs(steps_, spacing)
+        pairs = be.schedule.step_pairs(steps_, spacing, strength)
         device, dtype = be.device, be.dtype
         clock = _StageClock(device)
 
@@ -430,6 +441,10 @@ class DepthPipeline:
             if isinstance(latents, np.ndarray):
                 latents = torch.from_numpy(latents)
             fixed = None if latents is None else self._latents_per_image(latents, latent_shape)
+            if isinstance(init_latents, np.ndarray):
+                init_latents = torch.from_numpy(init_latents)
+            init = None if init_latents is None else self._latents_per_image(init_latents, latent_shape,
+                                                                                 "init_latents")
             emb = be.empty_text_embedding.to(device=device, dtype=dtype)
 
         if batch_size == 0:  # all at once, up to what the exported networks take
@@ -456,6 +471,9 @@ class DepthPipeline:
                         if isinstance(generator, list):
                             gen = [generator[i * ens + k] for i in g.indices for k in range(ens)]
                         noise = randn_tensor(rgb_latent.shape, generator=gen, device=device, dtype=dtype)
+                    if init is not None:  # a warm start: the given depth latents noised to the first timestep
+                        z0 = torch.cat([init[i] for i in g.indices]).to(device=device, dtype=torch.float32)
+                        noise = be.schedule.add_noise(z0, noise.float(), pairs[0][0])
 
                 # 3. the denoising loop, `batch_size` rows per U-Net call, as diffusers slices them
                 pred, lat = [], []
