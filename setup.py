@@ -35,6 +35,8 @@ EXTRAS = {
     "cpu": ["onnxruntime>=1.18,<2"],
     "gpu": ["onnxruntime-gpu>=1.19,<1.27", "tensorrt-cu12>=10.1,<12"],  # CUDA 12; TensorRT >= 10.1 (MIN_VERSION)
     "gpu-cu13": ["onnxruntime-gpu>=1.27,<2", "tensorrt-cu13>=11,<12"],  # CUDA 13
+    # video input and output (depth-run clip.mp4, coloured depth videos): PyAV, FFmpeg's libraries in its wheels
+    "video": ["av>=14,<20"],
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
     "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "import-linter>=2.1,<3", "transformers>=4.40,<6"],

@@ -262,3 +262,113 @@ def backend_agreement(pred: ArrayLike, ref: ArrayLike, min_ref: float = 0.01) ->
     p, r = _np(pred), _np(ref)
     out = compute_metrics(p, r, r > min_ref)
     return {"abs_rel": out["abs_rel"], "delta1": out["delta1"], "max_abs": float(np.abs(p - r).max())}
+
+
+# ------------------------------------------------------------------------------------------------------- video
+
+
+def _sequence(
+    preds: Iterable[ArrayLike] | ArrayLike,
+    gts: Iterable[ArrayLike] | ArrayLike,
+    masks: Iterable[ArrayLike] | ArrayLike | None,
+    min_frames: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-frame ``_inputs`` of a sequence (a list of frames or a [T, ...] array/tensor), checked for equal lengths,
+    at least ``min_frames`` frames and one frame shape."""
+    p, g = list(preds), list(gts)
+    m = [None] * len(g) if masks is None else list(masks)
+    if not len(p) == len(g) == len(m):
+        raise ValueError(f"sequence length mismatch: {len(p)} predictions, {len(g)} ground truths, {len(m)} masks")
+    if len(g) < min_frames:
+        raise ValueError(f"need at least {min_frames} frames, got {len(g)}")
+    frames = [_inputs(*f) for f in zip(p, g, m, strict=True)]
+    shapes = {f[1].shape for f in frames}
+    if len(shapes) > 1:
+        raise ValueError(f"all frames must have one shape, got {sorted(shapes)}")
+    return frames
+
+
+def align_sequence_least_squares(
+    preds: Iterable[ArrayLike] | ArrayLike,
+    gts: Iterable[ArrayLike] | ArrayLike,
+    masks: Iterable[ArrayLike] | ArrayLike | None = None,
+) -> tuple[list[np.ndarray], float, float]:
+    """ONE scale s and shift t for a whole sequence, as video-depth papers score (temporal consistency is then
+    visible in the per-frame metrics): argmin_{s,t} Σ_frames Σ_valid (s·pred + t − gt)², valid as in
+    :func:`align_least_squares` (mask & finite gt > 0), all frames' pixels fitted together.
+
+    ``preds``/``gts``/``masks``: lists of frames or [T, H, W] arrays/tensors. Returns the aligned frames (float64,
+    every pixel), s and t. Raises ValueError on mismatched lengths/shapes or fewer than 2 valid pixels in all.
+    """
+    frames = _sequence(preds, gts, masks, 1)
+    p, g, m = (np.concatenate([f[k].ravel() for f in frames]) for k in range(3))
+    s, t = _fit_scale_shift(p, g, m, None)
+    return [s * f[0] + t for f in frames], s, t
+
+
+def _pair_change(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], use_pred: bool) -> float:
+    vals = []
+    for (p0, g0, m0), (p1, g1, m1) in zip(frames[:-1], frames[1:], strict=True):
+        m = m0 & m1
+        if not m.any():
+            continue  # no pixel valid in both frames: the pair carries no information
+        dp = p1[m] - p0[m] if use_pred else 0.0
+        vals.append(np.mean(np.abs(dp - (g1[m] - g0[m])) / g1[m]))
+    if not vals:
+        raise ValueError("no pair of consecutive frames shares a valid ground-truth pixel")
+    return float(np.mean(vals))
+
+
+def temporal_error(
+    aligned_preds: Iterable[ArrayLike] | ArrayLike,
+    gts: Iterable[ArrayLike] | ArrayLike,
+    masks: Iterable[ArrayLike] | ArrayLike | None = None,
+) -> float:
+    """Temporal error of an (already aligned) depth sequence against ground truth (lower is better).
+
+    For each pair of consecutive frames (t−1, t), t = 1..T−1, over the pixels valid in both frames (mask & finite
+    gt > 0 in frame t−1 and in frame t), take ``e_t = mean |(p_t − p_{t−1}) − (g_t − g_{t−1})| / g_t``; the value is
+    the mean of e_t over the pairs (each pair weighs the same; pairs without a common valid pixel are skipped). It
+    is the per-frame change of the prediction's error, relative to depth: 0 for a perfect prediction (or one off by
+    a constant shift), and exactly :func:`temporal_change` for a constant (frozen) prediction. Pixels are compared
+    at the same image position (no motion compensation), so it also measures flicker on moving content. Raises
+    ValueError with fewer than 2 frames, mismatched lengths/shapes, or no pair sharing a valid pixel.
+    """
+    return _pair_change(_sequence(aligned_preds, gts, masks, 2), use_pred=True)
+
+
+def temporal_change(
+    gts: Iterable[ArrayLike] | ArrayLike, masks: Iterable[ArrayLike] | ArrayLike | None = None
+) -> float:
+    """The true frame-to-frame change, the scale for :func:`temporal_error`: for each pair of consecutive frames,
+    ``mean |g_t − g_{t−1}| / g_t`` over the pixels valid in both, then the mean over pairs (same rules as
+    :func:`temporal_error`, whose value for a frozen prediction this is)."""
+    g = list(gts)
+    return _pair_change(_sequence(g, g, masks, 2), use_pred=False)
+
+
+def evaluate_sequence(
+    preds: Iterable[ArrayLike] | ArrayLike,
+    gts: Iterable[ArrayLike] | ArrayLike,
+    masks: Iterable[ArrayLike] | ArrayLike | None = None,
+    depth_range: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """The video protocol: align the affine-invariant depth sequence with ONE scale/shift
+    (:func:`align_sequence_least_squares`), clip to ``depth_range``, then :func:`compute_metrics` per frame averaged
+    over frames (keys :data:`METRIC_NAMES`; frames without a valid pixel are left out of the average), plus
+    ``temporal_error`` (of the clipped aligned frames), ``temporal_change`` (of the ground truth), ``scale`` and
+    ``shift``. Needs at least 2 frames of one shape.
+    """
+    frames = _sequence(preds, gts, masks, 2)
+    g, m = [f[1] for f in frames], [f[2] for f in frames]
+    aligned, s, t = align_sequence_least_squares([f[0] for f in frames], g, m)
+    if depth_range is not None:
+        lo, hi = depth_range
+        if not 0 <= lo < hi:
+            raise ValueError(f"depth_range must satisfy 0 <= min < max, got {depth_range}")
+        aligned = [np.clip(a, lo, hi) for a in aligned]
+    out = mean_metrics(compute_metrics(a, gf, mf) for a, gf, mf in zip(aligned, g, m, strict=True) if mf.any())
+    out["temporal_error"] = temporal_error(aligned, g, m)
+    out["temporal_change"] = temporal_change(g, m)
+    out["scale"], out["shift"] = s, t
+    return out

@@ -689,6 +689,16 @@ def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), sp
     seed = scene_seed(split, index)
     lay = sample_layout(domain, seed, camera)  # raises ValueError for unknown domains
     out = render_geometry(lay.geo, lay.camera, size, lay.light, shadows=shadows, sky=lay.sky, fog=lay.fog)
+    rgb, depth, valid = _finish(out, domain, seed, size)
+    return Scene(rgb, depth, valid, domain, seed, lay.camera.intrinsics(size))
+
+
+def _finish(out: RenderOutput, domain: str, seed: int, size: tuple[int, int],
+            frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera effects and targets of a rendered frame: (rgb uint8, depth float32 with sky = SKY_DEPTH, valid).
+
+    Gain, vignetting and the noise level are per scene; the sensor noise of ``frame`` 0 continues their stream
+    (as ``render_scene``), later frames of a sequence draw fresh noise from their own stream."""
     lo, hi = DEPTH_RANGES[domain]
     valid = out.hit & (out.depth >= lo) & (out.depth <= hi)
     # camera effects from a separate stream so they never perturb the layout sampling
@@ -696,10 +706,13 @@ def render_scene(domain: str, index: int, size: tuple[int, int] = (128, 128), sp
     h, w = size
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     gain = rng.uniform(0.9, 1.15) * (1 - rng.uniform(0, 0.3) * (xx**2 + yy**2) / 2)
-    img = out.rgb * gain[..., None].astype(np.float32) + rng.normal(0, rng.uniform(0.003, 0.015), out.rgb.shape)
+    sigma = rng.uniform(0.003, 0.015)
+    if frame:
+        rng = np.random.default_rng([zlib.crc32(domain.encode()), seed, 1, frame])
+    img = out.rgb * gain[..., None].astype(np.float32) + rng.normal(0, sigma, out.rgb.shape)
     rgb = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     depth = np.where(out.hit, out.depth, SKY_DEPTH).astype(np.float32)
-    return Scene(rgb, depth, valid, domain, seed, lay.camera.intrinsics(size))
+    return rgb, depth, valid
 
 
 # Rendered scenes kept in memory for `ProceduralDataset(cache=True)`: ~130 KB each at 128x128, so the bound is ~2.6 GB.

@@ -4,6 +4,7 @@
     depth-eval --dataset kitti --data-root data/kitti --engine engines/unet.fp16.onnx --steps 1 --ensemble 1
     depth-eval --dataset procedural-forest --predictions my_method/forest --label my-method
     depth-eval table 1 eval/*/ --md table1.md
+    depth-eval video --dataset procedural-forest-video --modes frames,stream
     depth-eval datasets
 
 Exit status of a run: 0 when every sample was scored; 1 when any sample failed (unless --allow-failures) or none
@@ -12,6 +13,7 @@ was scored; 2 on a usage error.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -32,6 +34,18 @@ from agdepth.evaluation.protocol import (
 )
 from agdepth.evaluation.registry import DATASETS, PROCEDURAL, build_dataset, protocol_defaults
 from agdepth.evaluation.tables import assemble, load_results
+from agdepth.evaluation.video import (
+    FRAME_FOLDERS,
+    MODES,
+    VIDEO_DATASETS,
+    VideoSequence,
+    evaluate_clips,
+    frame_folder_sequences,
+    predict_clip,
+    procedural_sequences,
+)
+from agdepth.imageio import write_bytes_atomic
+from agdepth.networks import VAE_CHOICES
 from agdepth.runtime.options import inference_options, model_options, open_pipeline
 
 ALIGNMENTS = {"depth": "least_squares", "disparity": "least_squares_disparity"}
@@ -186,6 +200,75 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         click.echo(f"error: {c['failed']} of {c['total']} samples failed (exit status 1; --allow-failures accepts "
                    "them; a rerun into the same --out retries them)", err=True)
         sys.exit(1)
+
+
+@main.command("video")
+@click.option("--dataset", required=True,
+              help=f"{', '.join(VIDEO_DATASETS)}, or {FRAME_FOLDERS} (a folder-of-frames dataset in --data-root).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help=f"{FRAME_FOLDERS}: ROOT/<sequence>/rgb/<frame>.png and ROOT/<sequence>/depth/<frame>.npy|.png.")
+@click.option("--min-depth", type=float, default=None, help=f"{FRAME_FOLDERS}: the depth range (metres).")
+@click.option("--max-depth", type=float, default=None)
+@click.option("--depth-scale", type=float, default=1000.0, show_default=True,
+              help=f"{FRAME_FOLDERS}: 16-bit depth PNG values per metre.")
+@model_options
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps. Default: the model's.")
+@click.option("--processing-res", type=click.IntRange(min=0), default=None,
+              help="Longer side the networks see (0 = native). Default: the model's.")
+@click.option("--vae", type=click.Choice(list(VAE_CHOICES)), default=None, help="The VAE. Default: the model's.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--modes", default=",".join(MODES), show_default=True,
+              help="frames: each frame on its own (seed + i); stream: DepthStream.")
+@click.option("--strength", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="The stream's warm start (1 = none). Default: DepthStream's.")
+@click.option("--count", type=int, default=8, show_default=True, help="Procedural: camera paths per domain.")
+@click.option("--frames", type=int, default=24, show_default=True, help="Procedural: frames per path.")
+@click.option("--size", type=int, nargs=2, default=(96, 128), show_default=True, help="Procedural: frame H W.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the per-sequence and mean scores here.")
+def video(dataset: str, data_root: Path | None, min_depth: float | None, max_depth: float | None, depth_scale: float,
+          engine: Path | None, checkpoint: Path | None, device: str, steps: int | None, processing_res: int | None,
+          vae: str | None, seed: int, modes: str, strength: float | None, count: int, frames: int,
+          size: tuple[int, int], json_path: Path | None) -> None:
+    """Score video depth per sequence: one scale and shift per sequence, per-frame metrics averaged over the frames,
+    and the temporal error between consecutive frames (see agdepth.metrics.temporal_error), per prediction mode."""
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    if not chosen or any(m not in MODES for m in chosen):
+        raise click.UsageError(f"--modes {modes!r}: choose from {', '.join(MODES)}")
+    if dataset in VIDEO_DATASETS:
+        def sequences() -> list[VideoSequence]:
+            return list(procedural_sequences(VIDEO_DATASETS[dataset], count, frames, size))
+    elif dataset == FRAME_FOLDERS:
+        if data_root is None or min_depth is None or max_depth is None:
+            raise click.UsageError(f"{FRAME_FOLDERS} needs --data-root, --min-depth and --max-depth")
+        root, depth_range = data_root, (min_depth, max_depth)
+
+        def sequences() -> list[VideoSequence]:
+            return list(frame_folder_sequences(root, depth_range, depth_scale))
+    else:
+        raise click.UsageError(f"unknown video dataset {dataset!r}; choose from "
+                               f"{', '.join((*VIDEO_DATASETS, FRAME_FOLDERS))}")
+    try:
+        pipe = open_pipeline(engine, checkpoint, device)
+        seqs = sequences()
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        raise click.UsageError(str(e)) from e
+    results: dict[str, Any] = {}
+    click.echo("| mode | AbsRel | δ1 | temporal error | temporal change | ms per frame |")
+    click.echo("|---|---|---|---|---|---|")
+    for mode in chosen:
+        def predict(rgb: list[np.ndarray], mode: str = mode) -> tuple[list[np.ndarray], float]:
+            return predict_clip(pipe, rgb, mode, steps=steps, processing_res=processing_res, vae=vae, seed=seed,
+                                strength=strength)
+        try:
+            results[mode] = evaluate_clips(seqs, predict)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+        m = results[mode]["mean"]
+        click.echo(f"| {mode} | {m['abs_rel']:.4f} | {m['delta1']:.4f} | {m['temporal_error']:.4f} | "
+                   f"{m['temporal_change']:.4f} | {1e3 * m['seconds_per_frame']:.1f} |")
+    if json_path is not None:
+        write_bytes_atomic(json_path, (json.dumps({"dataset": dataset, "results": results}, indent=1) + "\n").encode())
 
 
 @main.command("table")

@@ -20,9 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image
+from agdepth.runtime.clips import FOLDER_FPS, FRAME_FORMATS, is_clip, plan_clips, run_clips
 from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
 from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
+from agdepth.runtime.stream import DEFAULT_STRENGTH, DepthStream
 from agdepth.runtime.writer import (
     BackgroundWriter,
     OutputWriteError,
@@ -56,6 +58,57 @@ def device_image(img: np.ndarray, device: torch.device) -> Any:
     return host.to(device, non_blocking=True)
 
 
+def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
+                steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
+                vae: str | None, seed: int, formats: str, uncertainty: bool, overwrite: bool, stride: int,
+                max_frames: int | None, fps: float | None, side_by_side: bool, strength: float | None,
+                t_start: float) -> None:
+    """depth-run's video branch (see :mod:`agdepth.runtime.clips`)."""
+    if uncertainty or (ensemble is not None and ensemble != 1):
+        raise click.UsageError("videos run one ensemble member per frame: drop --ensemble/--uncertainty")
+    kinds = [k.strip() for k in formats.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in (*FRAME_FORMATS, "color")]
+    if unknown or not kinds:
+        raise click.UsageError(f"--formats {formats!r}: videos write {', '.join(FRAME_FORMATS)} per frame and color "
+                               "(the coloured depth video)")
+    try:
+        clips = plan_clips(inputs, out, kinds, overwrite)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        pipe = open_pipeline(engine, checkpoint, device, onnx_threads=network_threads())
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if not getattr(pipe.backend, "runs_in_torch_threads", True):
+        torch.set_num_threads(1)
+    try:
+        stream = DepthStream(pipe, steps=steps, processing_res=processing_res, timestep_spacing=timestep_spacing,
+                             vae=vae, seed=seed, strength=DEFAULT_STRENGTH if strength is None else strength)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"{len(clips)} clip(s) -> {out} | {_backend_name(pipe)} | steps {stream.steps}, "
+               f"{stream.timestep_spacing}, processing res {stream.processing_res}, {stream.vae} VAE, warm start "
+               f"strength {stream.strength:g}")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        done, failures = run_clips(stream, clips, kinds, stride, max_frames, fps, side_by_side)
+    except OutputWriteError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the frames written so far are kept; run the same command with --overwrite to redo "
+                   "the clip", err=True)
+        sys.exit(130)
+    wall = time.perf_counter() - t_start
+    click.echo(f"done: {done} frame(s) of {len(clips)} clip(s) in {wall:.1f} s ({done / wall:.2f} frames/s)")
+    if failures:
+        click.echo(f"{len(failures)} clip(s) failed:", err=True)
+        for f in failures:
+            click.echo(f"  {f}", err=True)
+        sys.exit(1)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, type=str)
 @model_options
@@ -68,15 +121,41 @@ def device_image(img: np.ndarray, device: torch.device) -> Any:
 @click.option("--overwrite", is_flag=True,
               help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
                    "skips images whose outputs are complete.")
+@click.option("--video", is_flag=True, help="Take INPUT folders as videos: their frames in name order.")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos: every n-th frame.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Videos: at most this many frames each.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Videos: the input's frame rate (default: the file's; {FOLDER_FPS:g} for frame folders).")
+@click.option("--side-by-side", is_flag=True, help="Videos: the coloured depth video shows the input on its left.")
+@click.option("--strength", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help=f"Videos: the warm start, from the previous frame's depth (1 = none) [default: "
+                   f"{DEFAULT_STRENGTH:g}].")
 def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
          steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
          vae: str | None, seed: int, batch_size: int, formats: str, uncertainty: bool, recursive: bool,
-         overwrite: bool) -> None:
+         overwrite: bool, video: bool, stride: int, max_frames: int | None, fps: float | None, side_by_side: bool,
+         strength: float | None) -> None:
     """Predict depth for image files and folders (INPUT...). Image i of the run uses seed + i, so a resumed run
-    equals a whole one; images go through in groups that fit --batch-size."""
+    equals a whole one; images go through in groups that fit --batch-size. Video files (and with --video, folders
+    of frames) go through a causal stream instead: fixed noise, a warm start from the previous frame and one scale
+    and shift per clip."""
     t_start = time.perf_counter()
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
+    clip_inputs = [p for p in inputs if is_clip(p, video)]
+    if clip_inputs:
+        if len(clip_inputs) != len(inputs):
+            raise click.UsageError("give videos (files, or folders with --video) or images, not both in one run")
+        _run_videos(list(inputs), engine, checkpoint, device, out, steps, ensemble, timestep_spacing, processing_res,
+                     vae, seed, formats, uncertainty, overwrite, stride, max_frames, fps, side_by_side, strength,
+                     t_start)
+        return
+    video_only = {"--stride": stride != 1, "--max-frames": max_frames is not None, "--fps": fps is not None,
+                  "--side-by-side": side_by_side, "--strength": strength is not None}
+    if any(video_only.values()):
+        given = ", ".join(k for k, v in video_only.items() if v)
+        raise click.UsageError(f"{given}: for video inputs only (video files, or folders with --video)")
     if uncertainty and ensemble is not None and ensemble < 2:
         raise click.UsageError("--uncertainty needs --ensemble > 1")
     failures: list[str] = []

@@ -27,6 +27,7 @@ from agdepth.runtime.pipeline import DepthPipeline
 from agdepth.runtime.preprocess import ImageInput, image_size
 
 ALIGN_MODES = ("previous", "none")
+DEFAULT_STRENGTH = 1.0  # the warm start of depth-run's videos and of a DepthStream (1: none)
 ALIGN_MAX_SIDE = 64  # the fit uses a strided grid of at most this many pixels per side: two numbers need few pixels
 # Huber's and Tukey's tuning constants (95 % efficiency under Gaussian residuals), in units of the residuals' scale
 HUBER_K = 1.345
@@ -105,7 +106,7 @@ class DepthStream:
 
     def __init__(self, pipeline: DepthPipeline, *, steps: int | None = None, processing_res: int | None = None,
                  timestep_spacing: str | None = None, vae: str | None = None, seed: int = 0,
-                 strength: float = 1.0, align: str = "previous") -> None:
+                 strength: float = DEFAULT_STRENGTH, align: str = "previous") -> None:
         if align not in ALIGN_MODES:
             raise ValueError(f"align must be one of {ALIGN_MODES}, got {align!r}")
         self.pipe = pipeline
@@ -167,4 +168,4 @@ def stream_depth(pipeline: DepthPipeline, frames: Any, **kwargs: Any) -> list[St
     return [stream.push(f) for f in frames]
 
 
-__all__ = ["ALIGN_MODES", "DepthStream", "StreamFrame", "fit_scale_shift_robust", "stream_depth"]
+__all__ = ["ALIGN_MODES", "DEFAULT_STRENGTH", "DepthStream", "StreamFrame", "fit_scale_shift_robust", "stream_depth"]

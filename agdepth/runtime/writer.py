@@ -83,11 +83,15 @@ class BackgroundWriter:
         self._pending: deque[tuple[str, Future[None]]] = deque()
 
     def submit(self, source: str, paths: Mapping[str, PathLike], depth: Any, uncertainty: Any = None) -> None:
+        self.submit_call(source, write_outputs, paths, depth, uncertainty)
+
+    def submit_call(self, source: str, write: Callable[..., Any], *args: Any) -> None:
+        """Queue ``write(*args)``, the outputs of ``source``, with :meth:`submit`'s back-pressure and reporting."""
         while self._pending and self._pending[0][1].done():  # report a failure as soon as it is known
             self._wait_oldest()
         while len(self._pending) >= self.max_pending:
             self._wait_oldest()
-        self._pending.append((source, self._pool.submit(write_outputs, paths, depth, uncertainty)))
+        self._pending.append((source, self._pool.submit(write, *args)))
 
     def _wait_oldest(self) -> None:
         source, fut = self._pending.popleft()
