@@ -28,7 +28,7 @@ from agdepth.runtime.preprocess import ImageInput, image_size
 
 ALIGN_MODES = ("previous", "none")
 DEFAULT_STRENGTH = 1.0  # the warm start of depth-run's videos and of a DepthStream (1: none)
-ALIGN_MAX_SIDE = 64  # the fit uses a strided grid of at most this many pixels per side: two numbers need few pixels
+ALIGN_MAX_SIDE = 32  # the fit uses a strided grid of at most this many pixels per side: two numbers need few pixels
 # Huber's and Tukey's tuning constants (95 % efficiency under Gaussian residuals), in units of the residuals' scale
 HUBER_K = 1.345
 TUKEY_C = 4.685
