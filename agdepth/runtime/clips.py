@@ -9,7 +9,9 @@ files hold it as it is, the 16-bit PNGs and the video clipped to [0, 1].
 Every file is written whole or not at all (per-frame files atomically on the writer pool, the video through a
 temporary file renamed on close). A clip that cannot be read to its end is one error line naming the file and the
 frame; the frames before it keep their outputs and the video is closed on them. A clip is always predicted whole (the
-stream carries state from frame to frame), so existing outputs of a clip are refused without ``--overwrite``.
+stream carries state from frame to frame), so existing outputs of a clip are refused without ``--overwrite``; with
+it, once the clip has a new frame, the earlier run's frame files this run does not rewrite are removed (they belong to
+another frame of reference), and a clip that fails before its first frame keeps its earlier outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from agdepth.videoio import (
     VideoWriter,
     iter_frame_folder,
     iter_video_frames,
+    list_frame_files,
     probe_video,
 )
 from agdepth.videoio import side_by_side as side_by_side_frames
@@ -47,6 +50,7 @@ class Clip:
     is_folder: bool
     frames_dir: Path  # per-frame outputs
     video: Path | None  # the coloured depth video, or None without the color format
+    earlier: list[Path] = field(default_factory=list)  # per-frame outputs of an earlier run (--overwrite)
 
 
 def is_clip(path: str | Path, folders_are_clips: bool) -> bool:
@@ -65,6 +69,8 @@ def plan_clips(inputs: list[str], out: Path, formats: list[str], overwrite: bool
         src = Path(os.path.abspath(raw))
         if not src.exists():
             raise FileNotFoundError(f"input path does not exist: {raw!r}")
+        if src.is_dir():
+            list_frame_files(src)  # a folder without frames is refused now, not after the other clips ran
         name = src.name if src.is_dir() else src.stem
         if name in names:
             raise ValueError(f"inputs {names[name]} and {src} would both be written as {out / name}: rename one")
@@ -79,6 +85,7 @@ def plan_clips(inputs: list[str], out: Path, formats: list[str], overwrite: bool
         if existing and not overwrite:
             raise ValueError(f"{len(existing)} output file(s) of {src} exist already, e.g. {existing[0]}: a clip is "
                              "predicted whole, pass --overwrite to redo it, or choose another --out")
+        clip.earlier = [p for p in existing if p != clip.video]
         clips.append(clip)
     return clips
 
@@ -121,6 +128,7 @@ def run_clips(stream: DepthStream, clips: list[Clip], formats: list[str], stride
             if total is not None:
                 total = -(-total // stride) if max_frames is None else min(max_frames, -(-total // stride))
             stream.reset()
+            done_before, written = done, set()
             video = VideoWriter(clip.video, rate / stride) if clip.video else None
             bar = tqdm(total=total, desc=clip.source.name, unit="frame", dynamic_ncols=True)
             try:
@@ -130,6 +138,7 @@ def run_clips(stream: DepthStream, clips: list[Clip], formats: list[str], stride
                         clip.frames_dir.mkdir(parents=True, exist_ok=True)
                         paths = {k: clip.frames_dir / f"{index:06d}{FRAME_FORMATS[k]}" for k in frame_kinds}
                         writer.submit_call(str(clip.source), _write_frame, paths, result.depth)
+                        written.update(paths.values())
                     if video is not None:
                         color = colorize_depth(np.clip(result.depth, 0.0, 1.0))
                         video.write(side_by_side_frames(_as_uint8(rgb), color) if side_by_side else color)
@@ -149,6 +158,10 @@ def run_clips(stream: DepthStream, clips: list[Clip], formats: list[str], stride
                     video.close()
                 else:
                     video.abort()
+            if done_before != done:  # the clip was redone: an earlier run's frames this run did not write go
+                for old in clip.earlier:
+                    if old not in written:
+                        old.unlink(missing_ok=True)
         writer.close()
     except (OutputWriteError, KeyboardInterrupt):
         writer.abandon()
