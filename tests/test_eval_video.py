@@ -65,3 +65,10 @@ def test_a_frame_folder_that_breaks_the_layout_is_named(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "f2.png: no depth frame" in res.output
     res = CliRunner().invoke(eval_main, ["video", "--dataset", "frame-folders", "--data-root", str(tmp_path)])
     assert res.exit_code == 2 and "--min-depth" in res.output
+
+
+def test_the_video_benchmarks_are_listed_and_pointed_to() -> None:
+    listed = CliRunner().invoke(eval_main, ["datasets"]).output
+    assert "procedural-forest-video" in listed and "frame-folders" in listed
+    res = CliRunner().invoke(eval_main, ["--dataset", "procedural-forest-video"])
+    assert res.exit_code == 2 and "depth-eval video --dataset procedural-forest-video" in res.output

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from agdepth import default_checkpoint
+from agdepth.data.procedural import DEPTH_RANGES
 from agdepth.evaluation.datasets import EvalSample
 from agdepth.evaluation.protocol import (
     STATUSES,
@@ -141,6 +142,8 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
     sources = [s for s in (engine, checkpoint, predictions) if s is not None]
     if len(sources) > 1:
         raise click.UsageError("give at most one of --engine, --checkpoint, --predictions (none: the bundled model)")
+    if dataset in VIDEO_DATASETS or dataset == FRAME_FOLDERS:
+        raise click.UsageError(f"{dataset} is a video benchmark: depth-eval video --dataset {dataset}")
     options: dict[str, Any] = {}
     if dataset in PROCEDURAL:
         options = {"count": count, "size": (size, size)}
@@ -299,6 +302,10 @@ def list_datasets() -> None:
         click.echo(f"{name}: depth {src.depth_range[0]:g}-{src.depth_range[1]:g} m, processing res "
                    f"{'model default' if res is None else ('native' if res == 0 else res)}, "
                    f"{src.expected_count or '-'} samples")
+    for name, domain in VIDEO_DATASETS.items():
+        lo, hi = DEPTH_RANGES[domain]
+        click.echo(f"{name}: depth {lo:g}-{hi:g} m, camera paths of the {domain} domain (depth-eval video)")
+    click.echo(f"{FRAME_FOLDERS}: a folder-of-frames video dataset in --data-root (depth-eval video)")
 
 if __name__ == "__main__":
     main()
