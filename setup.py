@@ -37,6 +37,8 @@ EXTRAS = {
     "gpu-cu13": ["onnxruntime-gpu>=1.27,<2", "tensorrt-cu13>=11,<12"],  # CUDA 13
     # video input and output (depth-run clip.mp4, coloured depth videos): PyAV, FFmpeg's libraries in its wheels
     "video": ["av>=14,<20"],
+    # beyond one machine: batch inference on Ray Data (depth-batch), a service on Ray Serve (depth-serve)
+    "cluster": ["ray[data,serve]>=2.40,<3"],
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
     "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "import-linter>=2.1,<3", "transformers>=4.40,<6"],
@@ -62,5 +64,7 @@ setup(
         "depth-bench=agdepth.bench.cli:main",
         "depth-eval=agdepth.evaluation.cli:main",
         "depth-doctor=agdepth.doctor:main",
+        "depth-batch=agdepth.cluster.batch_cli:main",
+        "depth-serve=agdepth.cluster.serve:main",
     ]},
 )
