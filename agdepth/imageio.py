@@ -69,7 +69,8 @@ class ImageReadError(Exception):
         super().__init__(f"cannot read image {self.path}: {self.reason}")
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line saying why Pillow could not read an image (its exception's text, or what an unidentified file means)."""
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file, or a format Pillow cannot read"
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
@@ -95,7 +96,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's format probes raise many unrelated types for non-images
-        raise ImageReadError(path, _describe(exc)) from exc
+        raise ImageReadError(path, describe_error(exc)) from exc
 
     with img_file:
         w, h = img_file.size
@@ -108,17 +109,19 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
         except MemoryError:
             raise
         except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, EOFError, … for bad data
-            raise ImageReadError(path, f"corrupt or truncated image data ({_describe(exc)})") from exc
+            raise ImageReadError(path, f"corrupt or truncated image data ({describe_error(exc)})") from exc
         try:
             img = ImageOps.exif_transpose(img_file)
-            return _to_rgb_array(img)  # raises ValueError for modes/values it refuses
+            return pil_to_array(img)  # raises ValueError for modes/values it refuses
         except MemoryError:
             raise
         except Exception as exc:
-            raise ImageReadError(path, _describe(exc)) from exc
+            raise ImageReadError(path, describe_error(exc)) from exc
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def pil_to_array(img: Image.Image) -> np.ndarray:
+    """A decoded Pillow image as :func:`read_image` returns it (the conventions of the module docstring); ValueError
+    for what it refuses. The one conversion for files and for image bytes received otherwise (``depth-serve``)."""
     mode = img.mode
     if mode in _INT16_MODES:
         grey = np.asarray(img).astype(np.uint16)  # I;16B arrives big-endian; make it native
