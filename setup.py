@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     # 0.53: cosine/SNR compare functions, and libcudart found in the pip CUDA wheels (0.49 has neither)
     "polygraphy>=0.53,<0.60",  # TensorRT engine build and the backend comparator (pure Python; TensorRT optional)
     "matplotlib>=3.7,<4",  # depth-bench frontier's plot (Agg backend, no display needed)
+    "plyfile>=1.0,<2",  # point clouds (depth-run --ply): pure Python on numpy
 ]
 
 EXTRAS = {
@@ -41,7 +42,9 @@ EXTRAS = {
     "cluster": ["ray[data,serve]>=2.40,<3"],
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
-    "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "import-linter>=2.1,<3", "transformers>=4.40,<6"],
+    # trimesh: the tests read the PLY files back with a library other than the writer
+    "dev": ["pytest>=8,<10", "ruff>=0.6", "mypy>=1.10", "import-linter>=2.1,<3", "transformers>=4.40,<6",
+            "trimesh>=4,<6"],
 }
 
 setup(

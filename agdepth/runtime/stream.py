@@ -23,16 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from agdepth.robust_fit import fit_scale_shift_robust
 from agdepth.runtime.pipeline import DepthPipeline
 from agdepth.runtime.preprocess import ImageInput, image_size
 
 ALIGN_MODES = ("previous", "none")
 DEFAULT_STRENGTH = 1.0  # the warm start of depth-run's videos and of a DepthStream (1: none)
 ALIGN_MAX_SIDE = 32  # the fit uses a strided grid of at most this many pixels per side: two numbers need few pixels
-# Huber's and Tukey's tuning constants (95 % efficiency under Gaussian residuals), in units of the residuals' scale
-HUBER_K = 1.345
-TUKEY_C = 4.685
-IRLS_ITERATIONS = 3  # per weight function
 
 
 @dataclass
@@ -46,48 +43,6 @@ class StreamFrame:
     scale: float
     shift: float
     timings: dict[str, float] = field(default_factory=dict)  # the pipeline's stages, plus "align" and "total"
-
-
-def fit_scale_shift_robust(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None,
-                           iterations: int = IRLS_ITERATIONS) -> tuple[float, float]:
-    """(s, t) fitting s·x + t to y over ``mask``, robust to a large share of outliers: least squares, then
-    iteratively reweighted least squares, ``iterations`` steps with Huber weights (k = 1.345) and as many with
-    Tukey's biweight (c = 4.685, redescending: a pixel far off, such as one that moved across a depth edge, gets no
-    weight at all); the residual scale is 1.4826 · their median absolute value. Each step is a closed-form 2×2
-    solve."""
-    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    m = np.isfinite(x) & np.isfinite(y)
-    if mask is not None:
-        m &= np.asarray(mask, bool).ravel()
-    x, y = x[m], y[m]
-    if x.size < 2 or np.ptp(x) == 0:
-        raise ValueError(f"need at least 2 distinct values to fit a scale and shift, got {x.size} pixel(s)")
-    w = np.ones_like(x)
-    s = t = 0.0
-    weights = [_huber] * iterations + [_tukey] * iterations
-    for it in range(len(weights) + 1):
-        sw, sx, sy = w.sum(), (w * x).sum(), (w * y).sum()
-        det = sw * (w * x * x).sum() - sx * sx
-        if det <= 0:  # too few pixels kept to tell a scale: keep the last fit
-            break
-        sxx, sxy = (w * x * x).sum(), (w * x * y).sum()
-        s, t = (sw * sxy - sx * sy) / det, (sxx * sy - sx * sxy) / det
-        if it == len(weights):
-            break
-        r = np.abs(s * x + t - y)
-        sigma = 1.4826 * np.median(r)
-        if sigma <= 0:  # more than half the pixels fit exactly
-            break
-        w = weights[it](r / sigma)
-    return float(s), float(t)
-
-
-def _huber(u: np.ndarray, k: float = HUBER_K) -> np.ndarray:
-    return np.minimum(1.0, k / np.maximum(u, 1e-12))
-
-
-def _tukey(u: np.ndarray, c: float = TUKEY_C) -> np.ndarray:
-    return np.where(u < c, (1.0 - (u / c) ** 2) ** 2, 0.0)
 
 
 def _grid(a: np.ndarray, max_side: int = ALIGN_MAX_SIDE) -> np.ndarray:
