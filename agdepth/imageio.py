@@ -42,12 +42,13 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 # resumes, and input discovery never takes those outputs for inputs (also with --out inside or equal to an input folder)
 OUTPUT_LEDGER = ".agdepth-outputs.json"
 
-OUTPUT_FORMATS: tuple[str, ...] = ("png16", "npy", "color")
+OUTPUT_FORMATS: tuple[str, ...] = ("png16", "npy", "color", "ply")
 # file-name suffix appended to the stem, per output kind (the "uncertainty" kind is selected by a flag, not a format)
 OUTPUT_SUFFIXES: dict[str, str] = {
     "png16": "_depth.png",
     "npy": "_depth.npy",
     "color": "_depth_color.png",
+    "ply": "_points.ply",  # a coloured point cloud (agdepth.pointcloud), written by depth-run with the image
     "uncertainty": "_uncertainty.png",
 }
 
@@ -299,6 +300,16 @@ def write_depth_png16(path: PathLike, depth: Any) -> Path:
     return _atomic_write(path, _save_png(Image.fromarray(q)))
 
 
+def write_depth_png16_mm(path: PathLike, metres: Any) -> Path:
+    """Write metric depth [H,W] as a 16-bit greyscale PNG in millimetres (0 where unknown: NaN, ≤ 0; clipped at
+    65535 mm), the layout of depth sensors and of NYUv2/ScanNet."""
+    z = np.asarray(metres, dtype=np.float64)
+    if z.ndim != 2 or z.size == 0:
+        raise ValueError(f"depth must be a non-empty 2-D [H,W] array, got shape {z.shape}")
+    mm = np.where(np.isfinite(z) & (z > 0), np.clip(np.round(z * 1000.0), 1, 65535), 0).astype("<u2")
+    return _atomic_write(path, _save_png(Image.fromarray(mm)))
+
+
 def write_npy(path: PathLike, array: Any) -> Path:
     """Write ``array`` as a float32 ``.npy`` file (no pickling)."""
     arr = np.asarray(array, dtype=np.float32)
@@ -404,6 +415,9 @@ def write_outputs(paths: Mapping[str, PathLike], depth: Any, uncertainty: Any = 
     unknown = [k for k in paths if k not in OUTPUT_SUFFIXES]
     if unknown:  # checked before writing anything, so a bad call leaves no partial set of outputs
         raise ValueError(f"unknown output kind(s) {', '.join(map(repr, unknown))}; valid: {', '.join(OUTPUT_SUFFIXES)}")
+    if "ply" in paths:
+        raise ValueError("a point cloud needs the image and the camera's intrinsics: depth-run writes it "
+                         "(agdepth.pointcloud.depth_to_ply)")
     if "uncertainty" in paths and uncertainty is None:
         raise ValueError("an uncertainty output was requested but no uncertainty map was given")
     for kind, path in paths.items():

@@ -49,6 +49,8 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     """Predict depth for image files and folders (INPUT...) on a pool of Ray actors; outputs as depth-run's."""
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
+    if "ply" in formats:
+        raise click.UsageError("--formats ply: point clouds are written by depth-run (they need the camera)")
     problems: list[str] = []
     try:
         items = collect_inputs(inputs, recursive=recursive, exclude=[out], problems=problems)

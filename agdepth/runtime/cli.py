@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image
+from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image, write_bytes_atomic
+from agdepth.pointcloud import parse_intrinsics
 from agdepth.runtime.clips import FOLDER_FPS, FRAME_FORMATS, is_clip, plan_clips, run_clips
+from agdepth.runtime.image_outputs import ImageReport, OutputOptions, write_image_outputs
 from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
 from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
@@ -41,6 +43,9 @@ def _backend_name(pipe: DepthPipeline) -> str:
     return f"{type(be).__name__}" + (f" {prec}" if prec else "") + f" on {be.device}"
 
 
+ANCHOR_REPORT = "anchors_fit.csv"
+
+
 def device_image(img: np.ndarray, device: torch.device) -> Any:
     """An image as read -> what the pipeline is given, prepared on a reader thread.
 
@@ -56,6 +61,36 @@ def device_image(img: np.ndarray, device: torch.device) -> Any:
     np.copyto(host.numpy(), img.transpose(2, 0, 1))
     # queued on the device's current stream, before the pipeline's kernels that read it
     return host.to(device, non_blocking=True)
+
+
+def _summarise_extras(reports: list[ImageReport], out: Path, anchored: bool) -> None:
+    """The metric fits (and the images without one) on the terminal and in OUT/anchors_fit.csv; assumed cameras."""
+    for note in sorted(n for r in reports for n in r.notes):
+        click.echo(f"note: {note}", err=True)
+    if not anchored or not reports:
+        return
+    fits = [r.fit for r in reports if r.fit is not None]
+    for r in sorted(reports, key=lambda r: r.source):
+        if r.problem:
+            click.echo(f"warning: no metric depth, affine-invariant outputs written: {r.problem}", err=True)
+    rows = ["source,space,scale,shift,anchors,inliers,residual,problem"]
+    for r in sorted(reports, key=lambda r: r.source):
+        f = r.fit
+        cells = ([f.space, f"{f.scale:.6g}", f"{f.shift:.6g}", str(f.anchors), str(f.inliers), f"{f.residual:.6g}"]
+                 if f else [""] * 6)
+        rows.append(",".join([_csv_cell(r.source), *cells, _csv_cell(r.problem or "")]))
+    write_bytes_atomic(out / ANCHOR_REPORT, ("\n".join(rows) + "\n").encode())
+    if fits:
+        click.echo(f"metric depth for {len(fits)} of {len(reports)} image(s): median residual "
+                   f"{100 * float(np.median([f.residual for f in fits])):.2f} %, inliers "
+                   f"{int(np.median([f.inliers for f in fits]))} of {int(np.median([f.anchors for f in fits]))} "
+                   f"(median); per image: {out / ANCHOR_REPORT}")
+    else:
+        click.echo(f"no metric depth: no image had usable anchors ({out / ANCHOR_REPORT})", err=True)
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
@@ -121,6 +156,13 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
 @click.option("--overwrite", is_flag=True,
               help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
                    "skips images whose outputs are complete.")
+@click.option("--anchors", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Sparse metric depth per image (a file, or a folder of <stem>.png|npy|csv): metric outputs.")
+@click.option("--intrinsics", default=None, help="Point clouds (--formats ...,ply): the camera as fx,fy,cx,cy (px).")
+@click.option("--fov", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=None,
+              help="Point clouds: the horizontal field of view in degrees (instead of --intrinsics).")
+@click.option("--voxel", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Point clouds: one point per voxel of this size (the depth's unit).")
 @click.option("--video", is_flag=True, help="Take INPUT folders as videos: their frames in name order.")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: every n-th frame.")
@@ -134,7 +176,8 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
 def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
          steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
          vae: str | None, seed: int, batch_size: int, formats: str, uncertainty: bool, recursive: bool,
-         overwrite: bool, video: bool, stride: int, max_frames: int | None, fps: float | None, side_by_side: bool,
+         overwrite: bool, anchors: Path | None, intrinsics: str | None, fov: float | None, voxel: float | None,
+         video: bool, stride: int, max_frames: int | None, fps: float | None, side_by_side: bool,
          strength: float | None) -> None:
     """Predict depth for image files and folders (INPUT...). Image i of the run uses seed + i, so a resumed run
     equals a whole one; images go through in groups that fit --batch-size. Video files (and with --video, folders
@@ -144,6 +187,15 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
     clip_inputs = [p for p in inputs if is_clip(p, video)]
+    if clip_inputs and (anchors or intrinsics or fov or voxel):
+        raise click.UsageError("--anchors, --intrinsics, --fov and --voxel are for images, not videos")
+    if intrinsics is not None and fov is not None:
+        raise click.UsageError("give --intrinsics or --fov, not both")
+    try:
+        extras = OutputOptions(anchors=anchors, intrinsics=None if intrinsics is None else parse_intrinsics(intrinsics),
+                               fov=fov, voxel=voxel)
+    except ValueError as e:
+        raise click.UsageError(f"--intrinsics {intrinsics!r}: {e}") from None
     if clip_inputs:
         if len(clip_inputs) != len(inputs):
             raise click.UsageError("give videos (files, or folders with --video) or images, not both in one run")
@@ -185,6 +237,8 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         click.echo(f"note: {d.describe_assumed()} (--steps, --processing-res)", err=True)
     settings = {"model": model_label(engine, checkpoint), "steps": steps_, "ensemble": ens,
                 "timestep_spacing": spacing, "processing_res": res, "vae": vae_, "seed": seed}
+    if anchors is not None:  # metric outputs: another run's files are not these
+        settings["anchors"] = str(anchors.resolve())
     try:
         plan = plan_outputs(jobs, out, settings, overwrite)
     except OutputPlanError as e:
@@ -200,8 +254,18 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     done = 0
     bar = tqdm(total=len(plan.jobs), desc="depth", unit="img", dynamic_ncols=True)
 
+    wants_rgb = "ply" in formats
+    rgbs: dict[int, np.ndarray] = {}  # the decoded images a point cloud takes its colours from, until written
+    reports: list[ImageReport] = []
+
     def load(job: Job) -> Any:  # on a reader thread: decoded, normalised, resized and padded, ready for the networks
-        return pipe.prepare(device_image(read_image(job.source), pipe.backend.device), processing_res=res)[0]
+        rgb = read_image(job.source)
+        if wants_rgb:
+            rgbs[job.index] = rgb
+        return pipe.prepare(device_image(rgb, pipe.backend.device), processing_res=res)[0]
+
+    def write(job: Job, depth: np.ndarray, unc: Any, rgb: np.ndarray | None) -> None:  # on a writer thread
+        reports.append(write_image_outputs(job.paths, depth, unc, job.source, rgb, extras))
 
     def predict(imgs: list[Any], seeds: list[int]) -> Any:
         # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
@@ -249,7 +313,8 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
                 t_io = time.perf_counter()
                 for j, job in enumerate(part):
                     unc = res_.depth_uncertainty[j] if res_.uncertainty is not None else None
-                    writer.submit(str(job.source), job.paths, np.asarray(res_.depth[j]), unc)
+                    writer.submit_call(str(job.source), write, job, np.asarray(res_.depth[j]), unc,
+                                       rgbs.pop(job.index, None))
                     done += 1
                 timings["io"] += time.perf_counter() - t_io
                 bar.update(len(part))
@@ -273,6 +338,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     wall = time.perf_counter() - t_start
     stages = ", ".join(f"{s} {v:.2f}" for s, v in timings.items() if v > 0)
     click.echo(f"done: {done} image(s) in {wall:.1f} s ({done / wall:.2f} img/s); seconds per stage: {stages}")
+    _summarise_extras(reports, out, anchors is not None)
     if failures:
         click.echo(f"{len(failures)} input(s) failed:", err=True)
         for f in failures:

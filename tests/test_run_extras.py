@@ -1,0 +1,88 @@
+"""depth-run --anchors / --formats ply: metric outputs, point clouds read back by another library, bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from agdepth.data.procedural import render_scene
+from agdepth.pointcloud import Intrinsics, unproject
+from agdepth.runtime.cli import main
+
+trimesh = pytest.importorskip("trimesh")
+SIZE = (48, 64)
+
+
+@pytest.fixture()
+def scene_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "anchors").mkdir()
+    for i in range(3):
+        sc = render_scene("tabletop", i, SIZE, "test")
+        Image.fromarray(sc.rgb).save(tmp_path / "img" / f"s{i}.png")
+        a = np.full(SIZE, np.nan)
+        idx = rng.choice(np.flatnonzero(sc.valid), 60, replace=False)
+        a.flat[idx] = sc.depth.flat[idx]
+        np.save(tmp_path / "anchors" / f"s{i}.npy", a)
+    return tmp_path
+
+
+def _run(*args: object) -> tuple[int, str]:
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def test_metric_outputs_and_their_point_clouds(scene_dir: Path) -> None:
+    out = scene_dir / "out"
+    k = "50,52,32,24"
+    code, text = _run(scene_dir / "img", "--out", out, "--anchors", scene_dir / "anchors", "--intrinsics", k,
+                      "--formats", "png16,npy,ply")
+    assert code == 0, text
+    assert "metric depth for 3 of 3 image(s)" in text and (out / "anchors_fit.csv").is_file()
+    for i in range(3):
+        metres = np.load(out / f"s{i}_depth.npy")
+        mm = np.asarray(Image.open(out / f"s{i}_depth.png"))
+        z = metres.astype(np.float64)
+        ok = np.isfinite(z) & (z > 0)
+        np.testing.assert_array_equal(mm, np.where(ok, np.clip(np.round(np.where(ok, z, 0) * 1000), 1, 65535), 0))
+        cloud = trimesh.load(out / f"s{i}_points.ply")  # read by another library than the writer (plyfile)
+        want, index = unproject(metres, Intrinsics(50, 52, 32, 24))
+        assert len(cloud.vertices) == len(want) == int((np.isfinite(metres) & (metres > 0)).sum())
+        np.testing.assert_allclose(cloud.vertices, want, rtol=1e-4, atol=1e-6)
+        rgb = np.asarray(Image.open(scene_dir / "img" / f"s{i}.png")).reshape(-1, 3)[index]
+        np.testing.assert_array_equal(np.asarray(cloud.colors)[:, :3], rgb)
+        assert b"depth in metres" in (out / f"s{i}_points.ply").read_bytes()[:400]
+
+
+def test_bad_anchors_are_one_line_each_and_the_run_goes_on(scene_dir: Path) -> None:
+    anchors = scene_dir / "anchors"
+    np.save(anchors / "s0.npy", np.ones((5, 5)))  # another size
+    np.save(anchors / "s1.npy", np.full(SIZE, np.nan))  # no anchor
+    np.save(anchors / "s2.npy", np.where(np.eye(*SIZE) > 0, -2.0, np.nan))  # negative depths
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img", "--out", out, "--anchors", anchors, "--formats", "npy,ply", "--fov", "70")
+    assert code == 0, text
+    warnings = [ln for ln in text.splitlines() if ln.startswith("warning: no metric depth")]
+    assert len(warnings) == 3 and all(str(anchors / f"s{i}.npy") in w for i, w in enumerate(warnings))
+    assert "5x5 px for an image of 64x48" in warnings[0] and "no anchor" in warnings[1] and "negative" in warnings[2]
+    for i in range(3):  # the affine-invariant outputs are written, and the cloud says it is up to scale
+        depth = np.load(out / f"s{i}_depth.npy")
+        assert 0 <= depth.min() <= depth.max() <= 1
+        assert b"affine-invariant" in (out / f"s{i}_points.ply").read_bytes()[:400]
+
+
+def test_intrinsics_that_do_not_parse_are_refused_before_any_work(scene_dir: Path) -> None:
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img", "--out", out, "--formats", "ply", "--intrinsics", "50,52,abc")
+    assert code == 2 and "--intrinsics '50,52,abc'" in text and not out.exists()
+
+
+def test_a_point_cloud_without_a_camera_says_what_it_assumed(scene_dir: Path) -> None:
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img" / "s0.png", "--out", out, "--formats", "ply")
+    assert code == 0 and "assumes a 60° horizontal field of view" in text, text
