@@ -86,3 +86,18 @@ def test_a_point_cloud_without_a_camera_says_what_it_assumed(scene_dir: Path) ->
     out = scene_dir / "out"
     code, text = _run(scene_dir / "img" / "s0.png", "--out", out, "--formats", "ply")
     assert code == 0 and "assumes a 60° horizontal field of view" in text, text
+
+
+def test_tile_writes_the_tiled_prediction(tmp_path: Path) -> None:
+    from agdepth import default_checkpoint
+    from agdepth.runtime import DepthPipeline
+    from agdepth.runtime.tiling import predict_tiled
+
+    rgb = render_scene("forest", 1, (192, 256), "test").rgb
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    code, text = _run(tmp_path / "big.png", "--out", tmp_path / "out", "--tile", "--formats", "npy", "--seed", "3")
+    assert code == 0, text
+    want = predict_tiled(DepthPipeline.from_checkpoint(default_checkpoint()), rgb, seed=3)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "big_depth.npy"), want, atol=1e-6)
+    code, text = _run(tmp_path / "big.png", "--out", tmp_path / "o2", "--tile", "--ensemble", "2")
+    assert code == 2 and "--tile runs one member" in text

@@ -27,6 +27,7 @@ from agdepth.runtime.options import inference_options, model_label, model_option
 from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
 from agdepth.runtime.stream import DEFAULT_STRENGTH, DepthStream
+from agdepth.runtime.tiling import predict_tiled
 from agdepth.runtime.writer import (
     BackgroundWriter,
     OutputWriteError,
@@ -44,6 +45,15 @@ def _backend_name(pipe: DepthPipeline) -> str:
 
 
 ANCHOR_REPORT = "anchors_fit.csv"
+
+
+class TiledResult:
+    """What depth-run's loop reads from a pipeline result, for tiled predictions."""
+
+    def __init__(self, maps: list[np.ndarray], seconds: dict[str, float]) -> None:
+        self.depth = maps
+        self.uncertainty = None
+        self.timings = {**dict.fromkeys(STAGES, 0.0), **seconds}
 
 
 def device_image(img: np.ndarray, device: torch.device) -> Any:
@@ -163,6 +173,8 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
               help="Point clouds: the horizontal field of view in degrees (instead of --intrinsics).")
 @click.option("--voxel", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Point clouds: one point per voxel of this size (the depth's unit).")
+@click.option("--tile", is_flag=True,
+              help="High resolution: refine the prediction with overlapping tiles at a finer scale (slower).")
 @click.option("--video", is_flag=True, help="Take INPUT folders as videos: their frames in name order.")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: every n-th frame.")
@@ -177,7 +189,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
          steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
          vae: str | None, seed: int, batch_size: int, formats: str, uncertainty: bool, recursive: bool,
          overwrite: bool, anchors: Path | None, intrinsics: str | None, fov: float | None, voxel: float | None,
-         video: bool, stride: int, max_frames: int | None, fps: float | None, side_by_side: bool,
+         tile: bool, video: bool, stride: int, max_frames: int | None, fps: float | None, side_by_side: bool,
          strength: float | None) -> None:
     """Predict depth for image files and folders (INPUT...). Image i of the run uses seed + i, so a resumed run
     equals a whole one; images go through in groups that fit --batch-size. Video files (and with --video, folders
@@ -187,8 +199,10 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     if not inputs:
         raise click.UsageError("no INPUT given: pass image files or folders")
     clip_inputs = [p for p in inputs if is_clip(p, video)]
-    if clip_inputs and (anchors or intrinsics or fov or voxel):
-        raise click.UsageError("--anchors, --intrinsics, --fov and --voxel are for images, not videos")
+    if clip_inputs and (anchors or intrinsics or fov or voxel or tile):
+        raise click.UsageError("--anchors, --intrinsics, --fov, --voxel and --tile are for images, not videos")
+    if tile and (uncertainty or (ensemble is not None and ensemble != 1)):
+        raise click.UsageError("--tile runs one member per image: drop --ensemble/--uncertainty")
     if intrinsics is not None and fov is not None:
         raise click.UsageError("give --intrinsics or --fov, not both")
     try:
@@ -235,8 +249,13 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     d = pipe.backend.defaults
     if (steps is None and "steps" in d.assumed) or (processing_res is None and "processing_resolution" in d.assumed):
         click.echo(f"note: {d.describe_assumed()} (--steps, --processing-res)", err=True)
+    if tile and ens != 1:
+        raise click.UsageError(f"--tile runs one member per image (the model's default ensemble is {ens}): "
+                               "pass --ensemble 1")
     settings = {"model": model_label(engine, checkpoint), "steps": steps_, "ensemble": ens,
                 "timestep_spacing": spacing, "processing_res": res, "vae": vae_, "seed": seed}
+    if tile:
+        settings["tile"] = True
     if anchors is not None:  # metric outputs: another run's files are not these
         settings["anchors"] = str(anchors.resolve())
     try:
@@ -262,12 +281,19 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         rgb = read_image(job.source)
         if wants_rgb:
             rgbs[job.index] = rgb
+        if tile:  # tiles are cut from the image as read
+            return rgb
         return pipe.prepare(device_image(rgb, pipe.backend.device), processing_res=res)[0]
 
     def write(job: Job, depth: np.ndarray, unc: Any, rgb: np.ndarray | None) -> None:  # on a writer thread
         reports.append(write_image_outputs(job.paths, depth, unc, job.source, rgb, extras))
 
     def predict(imgs: list[Any], seeds: list[int]) -> Any:
+        if tile:  # each image on its own: the global prediction, refined by batched overlapping tiles
+            t0 = time.perf_counter()
+            maps = [predict_tiled(pipe, img, processing_res=res, seed=s, batch_size=batch_size, steps=steps_,
+                                  vae=vae_) for img, s in zip(imgs, seeds, strict=True)]
+            return TiledResult(maps, {"unet": time.perf_counter() - t0})
         # per-image noise (seed + the image's index in the run): results do not depend on grouping or resuming
         lat = [pipe.initial_latents([img], ens, res, seed=s)[0] for img, s in zip(imgs, seeds, strict=True)]
         return pipe(imgs, steps=steps_, ensemble=ens, processing_res=res, timestep_spacing=spacing, vae=vae_,
