@@ -88,3 +88,30 @@ def test_too_few_or_degenerate_anchors_are_refused() -> None:
     flat[:, 0] = 3.0
     with pytest.raises(AnchorError, match="one predicted depth"):
         fit_metric(np.zeros((H, W)), flat)
+
+
+def test_depth_eval_anchors_from_gt_scores_metric_depth_without_alignment(tmp_path: Path) -> None:
+    """Predictions that are an affine map of the ground truth come out exact from their anchors; the summary says
+    that nothing was aligned to the ground truth."""
+    import json
+
+    from click.testing import CliRunner
+
+    from agdepth.evaluation.cli import main as eval_main
+    from agdepth.evaluation.registry import build_dataset
+
+    ds = build_dataset("procedural-tabletop", count=2, size=(48, 48))
+    preds = tmp_path / "preds"
+    for i, name in enumerate(ds.names()):
+        s = ds.load(i)
+        d = np.where(s.depth > 0, s.depth, 1.0)
+        target = preds / f"{name}.npy"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, ((d - 0.2) / 3.0).astype(np.float32))  # affine-invariant: an unknown scale and shift
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(eval_main, ["--dataset", "procedural-tabletop", "--count", "2", "--size", "48",
+                                         "--predictions", str(preds), "--anchors-from-gt", "20", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["alignment"] is None and summary["settings"]["anchors_from_gt"] == 20
+    assert summary["metrics"]["abs_rel"] < 1e-6

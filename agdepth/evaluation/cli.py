@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ import click
 import numpy as np
 
 from agdepth import default_checkpoint
+from agdepth.anchors import MIN_ANCHORS, fit_metric
 from agdepth.data.procedural import DEPTH_RANGES
 from agdepth.evaluation.datasets import EvalSample
 from agdepth.evaluation.protocol import (
+    NO_ALIGNMENT,
     STATUSES,
     PredictionsDir,
     Predictor,
@@ -79,6 +82,30 @@ class _ModelPredictor:
         return self._origin
 
 
+class _AnchoredPredictor:
+    """A predictor's depth made metric with ``count`` ground-truth pixels of each sample as anchors (drawn from the
+    scored pixels, seeded by the sample's name, so reruns draw the same); pixels without a metric depth (a disparity
+    fit's far side) get the range's far end."""
+
+    def __init__(self, inner: Any, count: int, depth_range: tuple[float, float], seed: int) -> None:
+        self.inner, self.count, self.depth_range, self.seed = inner, count, depth_range, seed
+
+    def __call__(self, sample: EvalSample) -> np.ndarray:
+        pred = np.asarray(self.inner(sample), np.float64)
+        valid = sample.mask & np.isfinite(sample.depth) & (sample.depth > 0)
+        if pred.shape != sample.depth.shape or valid.sum() < self.count:
+            return pred  # scored (and refused) as it is: another size, or too few scored pixels to draw from
+        rng = np.random.default_rng([self.seed, zlib.crc32(sample.name.encode())])
+        anchors = np.full(sample.depth.shape, np.nan)
+        idx = rng.choice(np.flatnonzero(valid), self.count, replace=False)
+        anchors.flat[idx] = sample.depth.flat[idx]
+        metric = fit_metric(pred, anchors, name=sample.name).depth
+        return np.where(np.isfinite(metric), metric, self.depth_range[1]).astype(np.float32)
+
+    def origin(self, sample: EvalSample) -> str:
+        return getattr(self.inner, "origin", lambda s: "prediction")(sample)
+
+
 def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, steps: int | None,
                      ensemble: int | None, spacing: str | None, processing_res: int | None, vae: str | None,
                      seed: int, batch_size: int) -> tuple[Predictor, dict[str, Any]]:
@@ -114,6 +141,9 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
               help="KITTI evaluation crop.")
 @click.option("--count", type=int, default=50, show_default=True, help="Procedural domains: test scenes.")
 @click.option("--size", type=int, default=128, show_default=True, help="Procedural domains: image side.")
+@click.option("--anchors-from-gt", type=click.IntRange(min=MIN_ANCHORS), default=None,
+              help="Metric evaluation as depth-completion benchmarks do it: N ground-truth pixels per sample as "
+                   "anchors (agdepth.anchors.fit_metric), scored without any alignment to the ground truth.")
 @click.option("--label", default=None, help="Row label in tables. Default: the model or predictions folder name.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Result folder. Default: eval/<dataset>/<label>.")
@@ -127,8 +157,8 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         predictions: Path | None, steps: int | None, ensemble: int | None, timestep_spacing: str | None,
         processing_res: int | None, vae: str | None, seed: int, batch_size: int, alignment: str | None,
         min_depth: float | None, max_depth: float | None, filename_list: Path | None, kitti_crop: str, count: int,
-        size: int, label: str | None, out: Path | None, save_predictions: bool, overwrite: bool, allow_failures: bool,
-        no_progress: bool) -> None:
+        size: int, anchors_from_gt: int | None, label: str | None, out: Path | None, save_predictions: bool,
+        overwrite: bool, allow_failures: bool, no_progress: bool) -> None:
     """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row.
 
     The model is --engine or --checkpoint, else the bundled model. Without --processing-res a benchmark with a
@@ -178,11 +208,17 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         sources = [model]
         settings["source"] = {kind: str(model), **used, "weights": weights_fingerprint(model)}
         predict = _ModelPredictor(predict, f"prediction of {kind} {model}")
+    if anchors_from_gt is not None:
+        if alignment is not None:
+            raise click.UsageError("--anchors-from-gt scores metric depth: drop --alignment")
+        predict = _AnchoredPredictor(predict, anchors_from_gt, depth_range, seed)
+        settings["anchors_from_gt"] = anchors_from_gt
     label = label or sources[0].stem or sources[0].name
     out = out or Path("eval") / ds.name / label
     try:
         summary = evaluate_dataset(
-            ds, predict, out, settings, alignment=ALIGNMENTS[alignment] if alignment else None,  # type: ignore[arg-type]
+            ds, predict, out, settings,
+            alignment=NO_ALIGNMENT if anchors_from_gt else (ALIGNMENTS[alignment] if alignment else None),  # type: ignore[arg-type]
             depth_range=depth_range, label=label, save_predictions=save_predictions, overwrite=overwrite,
             progress=not no_progress, command="depth-eval " + shlex.join(sys.argv[1:]))
     except ValueError as e:

@@ -56,6 +56,8 @@ STATUSES: tuple[str, ...] = ("ok", "missing", "corrupt", "invalid", "empty")
 # where its map comes from (a file); the reason of an invalid prediction starts with it.
 Predictor = Callable[[EvalSample], np.ndarray]
 
+NO_ALIGNMENT = "none"  # evaluate_dataset(alignment=...): score metric predictions as they are
+
 
 class PredictionError(ValueError):
     """A prediction that cannot be scored (see the module docstring); its sample's status is ``invalid``."""
@@ -250,11 +252,14 @@ def evaluate_dataset(
 
     ``settings`` (model source, inference settings) joins the protocol's own settings in settings.json: a folder
     is resumed only under identical settings, and then samples already scored ``ok`` are skipped (failed ones are
-    retried). ``alignment``/``depth_range`` default to the dataset's. A prediction is checked by
+    retried). ``alignment``/``depth_range`` default to the dataset's; ``alignment="none"`` scores the predictions
+    as they are (metric predictions). A prediction is checked by
     :func:`score_checked` whatever ``predict`` is; an unusable one fails its sample (status ``invalid``).
     """
     out = Path(out)
     alignment = dataset.alignment if alignment is None else alignment
+    if alignment == NO_ALIGNMENT:  # the predictions are metric already (e.g. fitted to anchors)
+        alignment = None
     lo, hi = dataset.depth_range if depth_range is None else depth_range
     if not 0 <= lo < hi:
         raise ValueError(f"depth range must satisfy 0 <= min < max, got ({lo}, {hi})")
