@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler
 from agdepth import default_checkpoint
 from agdepth.data.procedural import render_scene
 from agdepth.export import ExportOptions, export_checkpoint
-from agdepth.runtime import DepthPipeline
 from agdepth.robust_fit import fit_scale_shift_robust
+from agdepth.runtime import DepthPipeline
 from agdepth.runtime.stream import ALIGN_MAX_SIDE, DepthStream
 from agdepth.schedule import NoiseSchedule
 
