@@ -53,8 +53,9 @@ def _camera(source: Path, size: tuple[int, int], opts: OutputOptions) -> tuple[I
         exif = None
     if exif is not None:
         return exif, None
-    return intrinsics_from_fov(ASSUMED_FOV, size), f"{source}: no intrinsics given or in EXIF, the point cloud " \
-                                                    f"assumes a {ASSUMED_FOV:g}° horizontal field of view"
+    note = (f"{source}: no intrinsics given or in EXIF, the point cloud assumes a {ASSUMED_FOV:g}° horizontal field "
+            "of view")
+    return intrinsics_from_fov(ASSUMED_FOV, size), note
 
 
 def write_image_outputs(paths: dict[str, Path], depth: np.ndarray, uncertainty: Any, source: Path,
