@@ -139,6 +139,9 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
               help="Split list (default: the dataset's list inside --data-root).")
 @click.option("--kitti-crop", type=click.Choice(["eigen", "garg", "none"]), default="eigen", show_default=True,
               help="KITTI evaluation crop.")
+@click.option("--depth-scale", type=float, default=1.0, show_default=True,
+              help="folder: metres per depth-file unit (0.001 for 16-bit PNGs in millimetres).")
+@click.option("--disparity", is_flag=True, help="folder: the depth files hold disparity (depth = depth-scale / value).")
 @click.option("--count", type=int, default=50, show_default=True, help="Procedural domains: test scenes.")
 @click.option("--size", type=int, default=128, show_default=True, help="Procedural domains: image side.")
 @click.option("--anchors-from-gt", type=click.IntRange(min=MIN_ANCHORS), default=None,
@@ -156,7 +159,8 @@ def _model_predictor(engine: Path | None, checkpoint: Path | None, device: str, 
 def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: Path | None, device: str,
         predictions: Path | None, steps: int | None, ensemble: int | None, timestep_spacing: str | None,
         processing_res: int | None, vae: str | None, seed: int, batch_size: int, alignment: str | None,
-        min_depth: float | None, max_depth: float | None, filename_list: Path | None, kitti_crop: str, count: int,
+        min_depth: float | None, max_depth: float | None, filename_list: Path | None, kitti_crop: str,
+        depth_scale: float, disparity: bool, count: int,
         size: int, anchors_from_gt: int | None, label: str | None, out: Path | None, save_predictions: bool,
         overwrite: bool, allow_failures: bool, no_progress: bool) -> None:
     """Score a model (or saved predictions) on one benchmark: per-sample CSV, summary JSON and a markdown row.
@@ -183,6 +187,8 @@ def run(dataset: str, data_root: Path | None, engine: Path | None, checkpoint: P
         options.update({k: v for k, v in (("min_depth", min_depth), ("max_depth", max_depth)) if v is not None})
         if dataset == "kitti":
             options["crop"] = None if kitti_crop == "none" else kitti_crop
+        if dataset == "folder":
+            options.update(depth_scale=depth_scale, disparity=disparity)
     try:
         ds = build_dataset(dataset, data_root, **options)
     except (ValueError, FileNotFoundError) as e:
