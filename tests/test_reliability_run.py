@@ -103,7 +103,7 @@ def test_options_are_checked_before_the_model_loads(tmp_path: Path, monkeypatch:
     def no_load(*a: object, **k: object) -> None:
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr("agdepth.runtime.cli.open_pipeline", no_load)
+    monkeypatch.setattr("agdepth.runtime.cli.open_run_pipeline", no_load)
     code, text = run(str(tmp_path / "in"), "--out", str(tmp_path / "o"), *args)
     assert code == 2 and option in text and "Traceback" not in text
     assert not (tmp_path / "o").exists()

@@ -18,20 +18,16 @@ from tqdm.auto import tqdm
 from agdepth.cluster.batch import REPORT, run_batch
 from agdepth.cluster.predictor import ModelSpec
 from agdepth.cluster.ray_env import LOCAL, init_ray
-from agdepth.imageio import OUTPUT_FORMATS, collect_inputs
-from agdepth.runtime.options import inference_options, model_options
+from agdepth.imageio import collect_inputs
+from agdepth.runtime.options import inference_options, model_options, output_options
 from agdepth.runtime.outputs import OutputPlanError, protected_jobs
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, type=str)
 @model_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
+@output_options
 @inference_options
-@click.option("--formats", default="png16,npy,color", show_default=True,
-              help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}.")
-@click.option("--recursive", is_flag=True, help="Descend into sub-folders of INPUT folders.")
-@click.option("--overwrite", is_flag=True, help="Redo every image (inputs are never replaced).")
 @click.option("--address", default=LOCAL, show_default=True,
               help="Ray cluster to join (`ray start --head` prints it; auto: RAY_ADDRESS), or local: a Ray of this "
                    "machine, bound to the loopback interface.")

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from agdepth.runtime.options import DEFAULT_BATCH_SIZE, model_label, open_pipeline
-from agdepth.runtime.writer import network_threads
+from agdepth.runtime.options import DEFAULT_BATCH_SIZE, model_label, open_run_pipeline
 
 
 @dataclass(frozen=True)
@@ -40,9 +38,7 @@ class DepthPredictor:
         self.spec = spec
         engine = None if spec.engine is None else Path(spec.engine)
         checkpoint = None if spec.checkpoint is None else Path(spec.checkpoint)
-        self.pipe = open_pipeline(engine, checkpoint, spec.device, onnx_threads=network_threads())
-        if not getattr(self.pipe.backend, "runs_in_torch_threads", True):
-            torch.set_num_threads(1)
+        self.pipe = open_run_pipeline(engine, checkpoint, spec.device)
         self.steps, self.ensemble, self.processing_res, self.timestep_spacing = self.pipe.check_settings(
             spec.steps, spec.ensemble, spec.processing_res, spec.timestep_spacing)
         self.vae = self.pipe.vae_choice(spec.vae)

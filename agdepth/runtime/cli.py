@@ -19,11 +19,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agdepth.imageio import OUTPUT_FORMATS, ImageReadError, collect_inputs, read_image, write_bytes_atomic
+from agdepth.imageio import ImageReadError, collect_inputs, read_image, write_bytes_atomic
 from agdepth.pointcloud import parse_intrinsics
 from agdepth.runtime.clips import FOLDER_FPS, FRAME_FORMATS, is_clip, plan_clips, run_clips
 from agdepth.runtime.image_outputs import ImageReport, OutputOptions, write_image_outputs
-from agdepth.runtime.options import inference_options, model_label, model_options, open_pipeline
+from agdepth.runtime.options import (
+    inference_options,
+    model_label,
+    model_options,
+    open_run_pipeline,
+    output_options,
+)
 from agdepth.runtime.outputs import Job, OutputPlanError, plan_outputs, protected_jobs
 from agdepth.runtime.pipeline import STAGES, DepthPipeline
 from agdepth.runtime.stream import DEFAULT_STRENGTH, DepthStream
@@ -34,7 +40,6 @@ from agdepth.runtime.writer import (
     ReadAhead,
     default_readers,
     default_writers,
-    network_threads,
 )
 
 
@@ -103,6 +108,15 @@ def _csv_cell(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
+def _open_or_exit(engine: Path | None, checkpoint: Path | None, device: str) -> DepthPipeline:
+    """The run's pipeline; a model that cannot be loaded is one error line and exit status 2."""
+    try:
+        return open_run_pipeline(engine, checkpoint, device)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
 def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None, device: str, out: Path,
                 steps: int | None, ensemble: int | None, timestep_spacing: str | None, processing_res: int | None,
                 vae: str | None, seed: int, formats: str, uncertainty: bool, overwrite: bool, stride: int,
@@ -120,13 +134,7 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
         clips = plan_clips(inputs, out, kinds, overwrite)
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from None
-    try:
-        pipe = open_pipeline(engine, checkpoint, device, onnx_threads=network_threads())
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    if not getattr(pipe.backend, "runs_in_torch_threads", True):
-        torch.set_num_threads(1)
+    pipe = _open_or_exit(engine, checkpoint, device)
     try:
         stream = DepthStream(pipe, steps=steps, processing_res=processing_res, timestep_spacing=timestep_spacing,
                              vae=vae, seed=seed, strength=DEFAULT_STRENGTH if strength is None else strength)
@@ -157,15 +165,9 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, type=str)
 @model_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
+@output_options
 @inference_options
-@click.option("--formats", default="png16,npy,color", show_default=True,
-              help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}.")
 @click.option("--uncertainty", is_flag=True, help="Also write <name>_uncertainty.png (needs --ensemble > 1).")
-@click.option("--recursive", is_flag=True, help="Descend into sub-folders of INPUT folders.")
-@click.option("--overwrite", is_flag=True,
-              help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a rerun "
-                   "skips images whose outputs are complete.")
 @click.option("--anchors", type=click.Path(exists=True, path_type=Path), default=None,
               help="Sparse metric depth per image (a file, or a folder of <stem>.png|npy|csv): metric outputs.")
 @click.option("--intrinsics", default=None, help="Point clouds (--formats ...,ply): the camera as fx,fy,cx,cy (px).")
@@ -230,15 +232,7 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
         jobs = protected_jobs(items, out, formats, uncertainty)
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from None
-    try:
-        pipe = open_pipeline(engine, checkpoint, device, onnx_threads=network_threads())
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    if not getattr(pipe.backend, "runs_in_torch_threads", True):
-        # the networks have their own threads: PyTorch's OpenMP threads, idle between the pipeline's few tensor
-        # operations, would spin on the cores the networks and the reader/writer threads need
-        torch.set_num_threads(1)
+    pipe = _open_or_exit(engine, checkpoint, device)
     try:  # every setting, against the model and its exported range, before any image is read
         steps_, ens, res, spacing = pipe.check_settings(steps, ensemble, processing_res, timestep_spacing)
         vae_ = pipe.vae_choice(vae)

@@ -107,6 +107,37 @@ def open_pipeline(engine: Path | None, checkpoint: Path | None, device: str = "a
     return DepthPipeline.from_checkpoint(checkpoint, device=dev)
 
 
+def open_run_pipeline(engine: Path | None, checkpoint: Path | None, device: str = "auto") -> DepthPipeline:
+    """:func:`open_pipeline` for a run whose reader and writer pools share the CPU with the networks (depth-run,
+    depth-batch's actors): ONNX Runtime gets :func:`agdepth.runtime.writer.network_threads`, and where the networks
+    run outside PyTorch, PyTorch keeps one thread (its OpenMP threads, idle between the pipeline's few tensor
+    operations, would spin on the cores the networks and the pools need)."""
+    import torch
+
+    from agdepth.runtime.writer import network_threads
+
+    pipe = open_pipeline(engine, checkpoint, device, onnx_threads=network_threads())
+    if not getattr(pipe.backend, "runs_in_torch_threads", True):
+        torch.set_num_threads(1)
+    return pipe
+
+
+def output_options(f: F) -> F:
+    """``--out``, ``--formats``, ``--recursive``, ``--overwrite``: where and what depth-run and depth-batch write."""
+    from agdepth.imageio import OUTPUT_FORMATS
+
+    return _apply(f, [
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
+                     show_default=True),
+        click.option("--formats", default="png16,npy,color", show_default=True,
+                     help=f"Comma-separated outputs: {', '.join(OUTPUT_FORMATS)}."),
+        click.option("--recursive", is_flag=True, help="Descend into sub-folders of INPUT folders."),
+        click.option("--overwrite", is_flag=True,
+                     help="Redo every image and replace existing outputs (inputs are never replaced). Without it, a "
+                          "rerun skips images whose outputs are complete."),
+    ])
+
+
 def model_label(engine: Path | None, checkpoint: Path | None) -> str:
     """The model as the outputs record it: the resolved path given, or ``bundled``."""
     given = engine or checkpoint

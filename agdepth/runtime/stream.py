@@ -123,4 +123,4 @@ def stream_depth(pipeline: DepthPipeline, frames: Any, **kwargs: Any) -> list[St
     return [stream.push(f) for f in frames]
 
 
-__all__ = ["ALIGN_MODES", "DEFAULT_STRENGTH", "DepthStream", "StreamFrame", "fit_scale_shift_robust", "stream_depth"]
+__all__ = ["ALIGN_MODES", "DEFAULT_STRENGTH", "DepthStream", "StreamFrame", "stream_depth"]
