@@ -14,15 +14,19 @@ agdepth's depth maps are affine-invariant (an unknown scale *and* shift), so a c
 to that affine ambiguity, not metres; :func:`depth_to_ply` labels such clouds in the PLY header
 (:data:`UP_TO_SCALE_COMMENT`).
 
+Per-image cameras (a dataset's, e.g. ScanNet or ARKit captures) come from a CSV file, :func:`read_intrinsics_file`:
+a header ``name,fx,fy,cx,cy`` and one row per image, in pixels of that image (:class:`IntrinsicsFile`).
+
 ``plyfile`` (the writer) is imported only when a PLY is written: ``pip install plyfile``.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +109,116 @@ def parse_intrinsics(text: str) -> Intrinsics:
     if fx <= 0 or fy <= 0:
         raise ValueError(f"intrinsics fx and fy must be > 0, got fx={fx:g}, fy={fy:g}")
     return Intrinsics(fx, fy, cx, cy)
+
+
+INTRINSICS_HEADER = ("name", "fx", "fy", "cx", "cy")
+
+
+class IntrinsicsFileError(ValueError):
+    """A per-image intrinsics file that cannot be used at all (unreadable, empty, no header, no rows); one line."""
+
+
+class IntrinsicsRowError(ValueError):
+    """One image's camera is not in a per-image intrinsics file (its row does not parse, or there is none); one line
+    naming the file (and the line)."""
+
+
+@dataclass(frozen=True)
+class IntrinsicsFile:
+    """Per-image intrinsics read by :func:`read_intrinsics_file`: ``rows`` maps each name in the file to its camera,
+    or to why that row cannot be used (``"line 3: fx 'abc' is not a number"``); ``unnamed``: the problems of the rows
+    that name no image (``"line 7: no image name, row skipped"``)."""
+
+    path: Path
+    rows: Mapping[str, Intrinsics | str]
+    unnamed: tuple[str, ...] = ()
+
+    def camera(self, image: PathLike) -> Intrinsics:
+        """The camera of ``image`` (a path): the row named by its file name (``0001.jpg``), else by its stem
+        (``0001``). Folders play no part, so same-named images in different folders share a row.
+
+        Raises :class:`IntrinsicsRowError` (one line naming the file) when that row does not parse or there is none.
+        """
+        p = Path(image)
+        for key in (p.name, p.stem):
+            found = self.rows.get(key)
+            if isinstance(found, Intrinsics):
+                return found
+            if found is not None:
+                raise IntrinsicsRowError(f"{self.path}: {found}")
+        raise IntrinsicsRowError(f"{self.path}: no row for {p.name} (by its name or its stem {p.stem})")
+
+
+def _row_intrinsics(cells: Sequence[str]) -> Intrinsics:
+    """fx, fy, cx, cy cells of one CSV row; a ValueError saying what is wrong (``fx 'abc' is not a number``)."""
+    values = []
+    for name, cell in zip(INTRINSICS_HEADER[1:], cells, strict=True):
+        try:
+            v = float(cell)
+        except ValueError:
+            raise ValueError(f"{name} {cell.strip()!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ValueError(f"{name} {cell.strip()!r} is not finite")
+        values.append(v)
+    fx, fy, cx, cy = values
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"fx and fy must be > 0, got fx={fx:g}, fy={fy:g}")
+    return Intrinsics(fx, fy, cx, cy)
+
+
+def read_intrinsics_file(path: PathLike) -> IntrinsicsFile:
+    """A CSV of per-image pinhole intrinsics: the header ``name,fx,fy,cx,cy``, then one row per image, its name (the
+    image's file name, ``0001.jpg``, or stem, ``0001``) and its camera in pixels of that image (pixel centres at +0.5,
+    as :class:`Intrinsics`). Blank lines are skipped; cells may be padded with spaces; UTF-8 (a BOM is allowed).
+
+    A row that does not parse (another number of cells, a value that is no finite number, fx or fy <= 0, no name) or
+    that repeats a name does not stop the reading: it is kept as its problem, ``"line N: ..."``, which
+    :meth:`IntrinsicsFile.camera` raises for the image it names (a repeated name: the image of both rows; a row
+    without a name: :attr:`IntrinsicsFile.unnamed`).
+
+    Raises :class:`IntrinsicsFileError` (one line naming the file) when the file cannot be read, is empty, does not
+    begin with the header, or has no rows.
+    """
+    path = Path(path)
+    rows: dict[str, Intrinsics | str] = {}
+    first_line: dict[str, int] = {}
+    nameless: list[str] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = next((r for r in reader if any(c.strip() for c in r)), None)
+            if header is None:
+                raise IntrinsicsFileError(f"{path}: empty, expected the header {','.join(INTRINSICS_HEADER)}")
+            if tuple(c.strip().lower() for c in header) != INTRINSICS_HEADER:
+                raise IntrinsicsFileError(f"{path}: line {reader.line_num}: expected the header "
+                                          f"{','.join(INTRINSICS_HEADER)}, got {','.join(header)!r}")
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                line = reader.line_num
+                name = cells[0].strip()
+                if not name:
+                    nameless.append(f"line {line}: no image name, row skipped")
+                    continue
+                if name in first_line:
+                    rows[name] = f"line {line}: a second row for {name} (the first is line {first_line[name]})"
+                    continue
+                first_line[name] = line
+                try:
+                    if len(cells) != len(INTRINSICS_HEADER):
+                        raise ValueError(f"{len(cells)} cells, expected {len(INTRINSICS_HEADER)} "
+                                         f"({','.join(INTRINSICS_HEADER)})")
+                    rows[name] = _row_intrinsics(cells[1:])
+                except ValueError as e:
+                    rows[name] = f"line {line}: {e}"
+    except IntrinsicsFileError:
+        raise
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise IntrinsicsFileError(f"{path}: cannot read it: {reason}") from None
+    if not rows and not nameless:
+        raise IntrinsicsFileError(f"{path}: no rows after the header {','.join(INTRINSICS_HEADER)}")
+    return IntrinsicsFile(path, rows, tuple(nameless))
 
 
 def intrinsics_from_fov(fov_deg: float, size: tuple[int, int]) -> Intrinsics:

@@ -15,10 +15,13 @@ from PIL import Image
 from agdepth.data import procedural
 from agdepth.pointcloud import (
     Intrinsics,
+    IntrinsicsFileError,
+    IntrinsicsRowError,
     depth_to_ply,
     intrinsics_from_exif,
     intrinsics_from_fov,
     parse_intrinsics,
+    read_intrinsics_file,
     unproject,
     voxel_downsample,
     write_ply,
@@ -225,6 +228,69 @@ def test_fov_errors(fov: float) -> None:
     with pytest.raises(ValueError, match=r"\(0, 180\)") as err:
         intrinsics_from_fov(fov, (10, 10))
     assert "\n" not in str(err.value)
+
+
+def test_intrinsics_file_rows_by_name_or_stem(tmp_path: Path) -> None:
+    path = tmp_path / "cams.csv"
+    path.write_text("\ufeffName, fx, fy, cx, cy\n0001.jpg,500,510,320,240\n\n 0002 , 400 ,401, 300.5,200\n"
+                    "0003.jpg,1,1,0,0\n0003,2,2,0,0\n", encoding="utf-8")
+    cams = read_intrinsics_file(path)
+    assert cams.camera("/data/0001.jpg") == Intrinsics(500, 510, 320, 240)  # by file name
+    assert cams.camera(Path("x") / "0002.png") == Intrinsics(400, 401, 300.5, 200)  # by stem, padded cells
+    assert cams.camera("0003.jpg") == Intrinsics(1, 1, 0, 0)  # the file name's row before the stem's
+    assert cams.camera("0003.png") == Intrinsics(2, 2, 0, 0)
+    with pytest.raises(IntrinsicsRowError, match=r"cams\.csv: no row for 0004\.jpg") as err:
+        cams.camera("0004.jpg")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ("a.png,abc,1,2,3", "fx 'abc' is not a number"),
+    ("a.png,1,2,3", "4 cells, expected 5"),
+    ("a.png,1,2,3,4,5", "6 cells, expected 5"),
+    ("a.png,1,0,3,4", "fx and fy must be > 0"),
+    ("a.png,-1,1,3,4", "fx and fy must be > 0"),
+    ("a.png,1,1,inf,4", "cx 'inf' is not finite"),
+    ("a.png,1,1,2,nan", "cy 'nan' is not finite"),
+    ("a.png,1,1,2,", "cy '' is not a number"),
+])
+def test_intrinsics_file_bad_rows_name_their_line(tmp_path: Path, row: str, reason: str) -> None:
+    path = tmp_path / "cams.csv"
+    path.write_text(f"name,fx,fy,cx,cy\nb.png,5,5,2,2\n{row}\n")
+    cams = read_intrinsics_file(path)  # one bad row does not stop the reading
+    assert cams.camera("b.png") == Intrinsics(5, 5, 2, 2)
+    with pytest.raises(IntrinsicsRowError) as err:
+        cams.camera("a.png")
+    assert str(err.value).startswith(f"{path}: line 3: {reason}")
+    assert "\n" not in str(err.value)
+
+
+def test_intrinsics_file_repeated_and_unnamed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "cams.csv"
+    path.write_text("name,fx,fy,cx,cy\na.png,5,5,2,2\n,1,1,1,1\na.png,6,6,2,2\nb.png,5,5,2,2\n")
+    cams = read_intrinsics_file(path)
+    with pytest.raises(IntrinsicsRowError, match=r"line 4: a second row for a\.png \(the first is line 2\)"):
+        cams.camera("a.png")  # ambiguous: neither row is taken
+    assert cams.camera("b.png") == Intrinsics(5, 5, 2, 2)
+    assert cams.unnamed == ("line 3: no image name, row skipped",)
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "empty"),
+    (b"\n \n", "empty"),
+    (b"a.png,1,1,1,1\n", "line 1: expected the header name,fx,fy,cx,cy"),
+    (b"name,fx,fy,cx\na.png,1,1,1\n", "expected the header"),
+    (b"name,fx,fy,cx,cy\n", "no rows"),
+    (b"name,fx,fy,cx,cy\n\xff\xfe\x00a,1,1,1,1\n", "cannot read"),
+])
+def test_intrinsics_file_that_cannot_be_used(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "cams.csv"
+    path.write_bytes(content)
+    with pytest.raises(IntrinsicsFileError, match=reason) as err:
+        read_intrinsics_file(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    with pytest.raises(IntrinsicsFileError, match="cannot read"):
+        read_intrinsics_file(tmp_path / "missing.csv")
 
 
 def _jpeg(tmp_path: Path, tags: dict[int, object], size: tuple[int, int] = (40, 30)) -> Path:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agdepth.data.procedural import render_scene
-from agdepth.pointcloud import Intrinsics, unproject
+from agdepth.pointcloud import Intrinsics, intrinsics_from_fov, unproject
 from agdepth.runtime.cli import main
 
 trimesh = pytest.importorskip("trimesh")
@@ -86,6 +86,78 @@ def test_a_point_cloud_without_a_camera_says_what_it_assumed(scene_dir: Path) ->
     out = scene_dir / "out"
     code, text = _run(scene_dir / "img" / "s0.png", "--out", out, "--formats", "ply")
     assert code == 0 and "assumes a 60° horizontal field of view" in text, text
+
+
+def _cloud_uses(out: Path, stem: str, K: Intrinsics) -> None:
+    """The image's PLY holds exactly the unprojection of its written depth with K (and says K in its header)."""
+    cloud = trimesh.load(out / f"{stem}_points.ply")
+    want, _ = unproject(np.load(out / f"{stem}_depth.npy"), K)
+    assert len(cloud.vertices) == len(want)
+    np.testing.assert_allclose(cloud.vertices, want, rtol=1e-4, atol=1e-6)
+    assert f"agdepth: intrinsics fx,fy,cx,cy {K}".encode() in (out / f"{stem}_points.ply").read_bytes()[:600]
+
+
+def test_an_intrinsics_file_gives_each_image_its_camera(scene_dir: Path) -> None:
+    cams = scene_dir / "cams.csv"  # by file name or by stem
+    cams.write_text("name,fx,fy,cx,cy\ns0.png,50,52,32,24\ns1,70,71,30.5,22\ns2.png,40,40,33,25\n")
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img", "--out", out, "--formats", "npy,ply", "--intrinsics", cams)
+    assert code == 0, text
+    assert "note:" not in text and "warning:" not in text, text
+    for stem, K in [("s0", Intrinsics(50, 52, 32, 24)), ("s1", Intrinsics(70, 71, 30.5, 22)),
+                    ("s2", Intrinsics(40, 40, 33, 25))]:
+        _cloud_uses(out, stem, K)
+
+
+def test_a_bad_or_missing_intrinsics_row_falls_back_and_the_run_goes_on(scene_dir: Path) -> None:
+    cams = scene_dir / "cams.csv"
+    cams.write_text("name,fx,fy,cx,cy\ns0.png,50,52,32,24\ns1.png,abc,52,32,24\n")  # s2: no row
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img", "--out", out, "--formats", "npy,ply", "--intrinsics", cams)
+    assert code == 0, text
+    _cloud_uses(out, "s0", Intrinsics(50, 52, 32, 24))
+    assumed = intrinsics_from_fov(60, SIZE)  # the PNGs have no EXIF: the assumed field of view, as without a camera
+    _cloud_uses(out, "s1", assumed)
+    _cloud_uses(out, "s2", assumed)
+    lines = text.splitlines()
+    bad = [ln for ln in lines if "s1.png" in ln]
+    assert len(bad) == 1 and bad[0].startswith(f"note: {cams}: line 3: fx 'abc' is not a number; "), text
+    assert bad[0].endswith("s1.png: no intrinsics in EXIF, the point cloud assumes a 60° horizontal field of view")
+    missing = [ln for ln in lines if "s2.png" in ln]
+    assert len(missing) == 1 and missing[0].startswith(f"note: {cams}: no row for s2.png"), text
+    assert "assumes a 60° horizontal field of view" in missing[0]
+    assert not [ln for ln in lines if "s0.png" in ln], text
+
+
+def test_a_bad_intrinsics_row_falls_back_to_exif(tmp_path: Path) -> None:
+    from agdepth.pointcloud import intrinsics_from_exif, read_intrinsics_file
+    from agdepth.runtime.image_outputs import OutputOptions, write_image_outputs
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26  # FocalLengthIn35mmFilm
+    photo = tmp_path / "p1.jpg"
+    Image.new("RGB", (SIZE[1], SIZE[0]), (90, 120, 30)).save(photo, exif=exif)
+    cams = tmp_path / "cams.csv"
+    cams.write_text("name,fx,fy,cx,cy\np1.jpg,50,0,32,24\n")
+    depth = np.full(SIZE, 0.5, np.float32)
+    report = write_image_outputs({"ply": tmp_path / "p1_points.ply"}, depth, None, photo,
+                                 np.asarray(Image.open(photo)), OutputOptions(intrinsics=read_intrinsics_file(cams)))
+    assert report.notes == (f"{cams}: line 2: fx and fy must be > 0, got fx=50, fy=0; {photo}: the point cloud uses "
+                            "its EXIF focal length",)
+    K = intrinsics_from_exif(photo, SIZE)
+    assert K is not None
+    np.testing.assert_allclose(trimesh.load(tmp_path / "p1_points.ply").vertices, unproject(depth, K)[0], rtol=1e-6)
+
+
+def test_an_intrinsics_file_that_cannot_be_used_is_refused_before_any_work(scene_dir: Path) -> None:
+    cams = scene_dir / "cams.csv"
+    cams.write_text("s0.png,50,52,32,24\n")  # no header
+    out = scene_dir / "out"
+    code, text = _run(scene_dir / "img", "--out", out, "--formats", "ply", "--intrinsics", cams)
+    assert code == 2 and f"{cams}: line 1: expected the header name,fx,fy,cx,cy" in text and not out.exists(), text
+    code, text = _run(scene_dir / "img", "--out", out, "--formats", "ply", "--intrinsics", scene_dir / "nope.csv")
+    assert code == 2 and f"--intrinsics '{scene_dir / 'nope.csv'}': neither an existing file nor" in text, text
+    assert not out.exists()
 
 
 def test_tile_writes_the_tiled_prediction(tmp_path: Path) -> None:

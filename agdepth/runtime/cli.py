@@ -20,9 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from agdepth.imageio import ImageReadError, collect_inputs, read_image, write_bytes_atomic
-from agdepth.pointcloud import parse_intrinsics
+from agdepth.pointcloud import IntrinsicsFile
 from agdepth.runtime.clips import FOLDER_FPS, FRAME_FORMATS, is_clip, plan_clips, run_clips
-from agdepth.runtime.image_outputs import ImageReport, OutputOptions, write_image_outputs
+from agdepth.runtime.image_outputs import (
+    ASSUMED_FOV,
+    ImageReport,
+    OutputOptions,
+    parse_camera_option,
+    write_image_outputs,
+)
 from agdepth.runtime.options import (
     inference_options,
     model_label,
@@ -170,7 +176,10 @@ def _run_videos(inputs: list[str], engine: Path | None, checkpoint: Path | None,
 @click.option("--uncertainty", is_flag=True, help="Also write <name>_uncertainty.png (needs --ensemble > 1).")
 @click.option("--anchors", type=click.Path(exists=True, path_type=Path), default=None,
               help="Sparse metric depth per image (a file, or a folder of <stem>.png|npy|csv): metric outputs.")
-@click.option("--intrinsics", default=None, help="Point clouds (--formats ...,ply): the camera as fx,fy,cx,cy (px).")
+@click.option("--intrinsics", metavar="FX,FY,CX,CY|FILE", default=None,
+              help="Point clouds (--formats ...,ply): the camera as fx,fy,cx,cy (px), or a CSV file of one per image "
+                   "(header name,fx,fy,cx,cy; name: the image's file name or stem). An image whose row is bad or "
+                   f"missing falls back to EXIF, then a {ASSUMED_FOV:g}° field of view, with a note.")
 @click.option("--fov", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=None,
               help="Point clouds: the horizontal field of view in degrees (instead of --intrinsics).")
 @click.option("--voxel", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -208,10 +217,12 @@ def main(inputs: tuple[str, ...], engine: Path | None, checkpoint: Path | None, 
     if intrinsics is not None and fov is not None:
         raise click.UsageError("give --intrinsics or --fov, not both")
     try:
-        extras = OutputOptions(anchors=anchors, intrinsics=None if intrinsics is None else parse_intrinsics(intrinsics),
-                               fov=fov, voxel=voxel)
+        camera = None if intrinsics is None else parse_camera_option(intrinsics)
     except ValueError as e:
         raise click.UsageError(f"--intrinsics {intrinsics!r}: {e}") from None
+    for problem in camera.unnamed if isinstance(camera, IntrinsicsFile) else ():  # rows that name no image
+        click.echo(f"warning: {intrinsics}: {problem}", err=True)
+    extras = OutputOptions(anchors=anchors, intrinsics=camera, fov=fov, voxel=voxel)
     if clip_inputs:
         if len(clip_inputs) != len(inputs):
             raise click.UsageError("give videos (files, or folders with --video) or images, not both in one run")

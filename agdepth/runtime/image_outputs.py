@@ -7,6 +7,9 @@
 * ``ply`` in ``--formats``: ``_points.ply``, the coloured point cloud of the depth (metric with anchors, else labelled
   up-to-scale in its header) with the camera of ``--intrinsics fx,fy,cx,cy`` or ``--fov`` (horizontal degrees), else
   the file's EXIF focal length, else :data:`ASSUMED_FOV` degrees (said in the header and reported).
+  ``--intrinsics FILE`` (:func:`agdepth.pointcloud.read_intrinsics_file`) gives each image the camera of its row; an
+  image whose row does not parse, or that has none, falls back as if none was given (EXIF, then the assumed field of
+  view), with one note naming the file, the line and the image.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ import numpy as np
 
 from agdepth.anchors import AnchorError, MetricFit, find_anchor_file, fit_metric, read_anchors
 from agdepth.imageio import write_depth_png16_mm, write_npy, write_outputs
-from agdepth.pointcloud import Intrinsics, depth_to_ply, intrinsics_from_exif, intrinsics_from_fov
+from agdepth.pointcloud import (
+    Intrinsics,
+    IntrinsicsFile,
+    IntrinsicsRowError,
+    depth_to_ply,
+    intrinsics_from_exif,
+    intrinsics_from_fov,
+    parse_intrinsics,
+    read_intrinsics_file,
+)
 
 ASSUMED_FOV = 60.0  # horizontal degrees, for a point cloud of an image without intrinsics
 
@@ -27,7 +39,7 @@ ASSUMED_FOV = 60.0  # horizontal degrees, for a point cloud of an image without 
 @dataclass(frozen=True)
 class OutputOptions:
     anchors: Path | None = None
-    intrinsics: Intrinsics | None = None  # for the size it was given at (every image)
+    intrinsics: Intrinsics | IntrinsicsFile | None = None  # every image's (at the size given), or one per image
     fov: float | None = None
     voxel: float | None = None
 
@@ -42,8 +54,27 @@ class ImageReport:
     notes: tuple[str, ...] = ()
 
 
+def parse_camera_option(value: str) -> Intrinsics | IntrinsicsFile:
+    """``--intrinsics VALUE``: an existing file is read as per-image intrinsics (:func:`read_intrinsics_file`),
+    anything else is parsed as ``fx,fy,cx,cy``. Raises ValueError (one line) for a file that cannot be used at all
+    (:class:`agdepth.pointcloud.IntrinsicsFileError`) or a value that is neither."""
+    if Path(value).is_file():
+        return read_intrinsics_file(value)
+    try:
+        return parse_intrinsics(value)
+    except ValueError as e:
+        raise ValueError(f"neither an existing file nor fx,fy,cx,cy: {e}") from None
+
+
 def _camera(source: Path, size: tuple[int, int], opts: OutputOptions) -> tuple[Intrinsics, str | None]:
-    if opts.intrinsics is not None:
+    """The camera of one image's point cloud, and a note when it is not the one asked for (one line)."""
+    problem = None
+    if isinstance(opts.intrinsics, IntrinsicsFile):
+        try:
+            return opts.intrinsics.camera(source), None
+        except IntrinsicsRowError as e:  # falls back as if no intrinsics were given
+            problem = str(e)
+    elif opts.intrinsics is not None:
         return opts.intrinsics, None
     if opts.fov is not None:
         return intrinsics_from_fov(opts.fov, size), None
@@ -52,9 +83,13 @@ def _camera(source: Path, size: tuple[int, int], opts: OutputOptions) -> tuple[I
     except OSError:
         exif = None
     if exif is not None:
-        return exif, None
-    note = (f"{source}: no intrinsics given or in EXIF, the point cloud assumes a {ASSUMED_FOV:g}° horizontal field "
-            "of view")
+        return exif, None if problem is None else f"{problem}; {source}: the point cloud uses its EXIF focal length"
+    if problem is None:
+        note = (f"{source}: no intrinsics given or in EXIF, the point cloud assumes a {ASSUMED_FOV:g}° horizontal "
+                "field of view")
+    else:
+        note = (f"{problem}; {source}: no intrinsics in EXIF, the point cloud assumes a {ASSUMED_FOV:g}° horizontal "
+                "field of view")
     return intrinsics_from_fov(ASSUMED_FOV, size), note
 
 
@@ -89,4 +124,4 @@ def write_image_outputs(paths: dict[str, Path], depth: np.ndarray, uncertainty: 
     return report
 
 
-__all__ = ["ASSUMED_FOV", "ImageReport", "OutputOptions", "write_image_outputs"]
+__all__ = ["ASSUMED_FOV", "ImageReport", "OutputOptions", "parse_camera_option", "write_image_outputs"]
