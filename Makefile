@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 comma := ,
 TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch>=2.1
-EXTRAS ?= train,dev,video,cluster
+EXTRAS ?= train,dev,video,cluster,exr
 HW_EXTRA ?=
 
 .PHONY: install demo test test-fast lint typecheck bench-procedural clean

@@ -40,6 +40,8 @@ EXTRAS = {
     "video": ["av>=14,<20"],
     # beyond one machine: batch inference on Ray Data (depth-batch), a service on Ray Serve (depth-serve)
     "cluster": ["ray[data,serve]>=2.40,<3"],
+    # OpenEXR depth maps in a folder dataset (depth-eval --dataset folder, depth-train's folder source, depth-data)
+    "exr": ["OpenEXR>=3.2,<4"],
     # CLIP text encoder for the sd2 preset's empty-prompt embedding (computed once, stored in the checkpoint)
     "train": ["transformers>=4.40,<6"],
     # trimesh: the tests read the PLY files back with a library other than the writer
@@ -66,6 +68,7 @@ setup(
         "depth-run=agdepth.launch:depth_run",
         "depth-bench=agdepth.bench.cli:main",
         "depth-eval=agdepth.evaluation.cli:main",
+        "depth-data=agdepth.data.cli:main",
         "depth-doctor=agdepth.doctor:main",
         "depth-batch=agdepth.cluster.batch_cli:main",
         "depth-serve=agdepth.cluster.serve:main",

@@ -35,7 +35,10 @@ def _score(args: list[str], out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())["metrics"]
 
 
-def test_every_depth_format_scores_as_the_nyu_layout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["png-mm", "npy", "tiff", "exr"])
+def test_every_depth_format_scores_as_the_nyu_layout(tmp_path: Path, fmt: str) -> None:
+    if fmt == "exr":
+        pytest.importorskip("OpenEXR")
     nyu, preds_nyu, preds_folder = tmp_path / "nyu", tmp_path / "pn", tmp_path / "pf"
     lines = []
     for i in range(COUNT):
@@ -54,26 +57,31 @@ def test_every_depth_format_scores_as_the_nyu_layout(tmp_path: Path) -> None:
     want = _score(["--dataset", "nyu", "--data-root", str(nyu), "--predictions", str(preds_nyu)], tmp_path / "en")
 
     crop = (nyu_eigen_crop_mask((H, W)) * 255).astype(np.uint8)
-    for fmt in ("png-mm", "npy", "tiff"):
-        root = tmp_path / fmt
-        for sub in ("rgb", "depth", "mask"):
-            (root / sub).mkdir(parents=True)
-        for i in range(COUNT):
-            rgb, mm, _ = _scene(i)
-            Image.fromarray(rgb).save(root / "rgb" / f"s{i}.png")
-            Image.fromarray(crop).save(root / "mask" / f"s{i}.png")
-            metres = mm.astype(np.float32) / 1000
-            if fmt == "png-mm":
-                Image.fromarray(mm).save(root / "depth" / f"s{i}.png")
-            elif fmt == "npy":
-                np.save(root / "depth" / f"s{i}.npy", np.where(mm > 0, metres, np.nan))
-            else:
-                Image.fromarray(metres).save(root / "depth" / f"s{i}.tif")
-        scale = ["--depth-scale", "0.001"] if fmt == "png-mm" else []
-        got = _score(["--dataset", "folder", "--data-root", str(root), *scale, "--min-depth", "0.001",
-                      "--max-depth", "10", "--predictions", str(preds_folder)], tmp_path / f"e-{fmt}")
-        for k, v in want.items():
-            assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-9), (fmt, k)
+    root = tmp_path / fmt
+    for sub in ("rgb", "depth", "mask"):
+        (root / sub).mkdir(parents=True)
+    for i in range(COUNT):
+        rgb, mm, _ = _scene(i)
+        Image.fromarray(rgb).save(root / "rgb" / f"s{i}.png")
+        Image.fromarray(crop).save(root / "mask" / f"s{i}.png")
+        metres = mm.astype(np.float32) / 1000
+        if fmt == "png-mm":
+            Image.fromarray(mm).save(root / "depth" / f"s{i}.png")
+        elif fmt == "npy":
+            np.save(root / "depth" / f"s{i}.npy", np.where(mm > 0, metres, np.nan))
+        elif fmt == "tiff":
+            Image.fromarray(metres).save(root / "depth" / f"s{i}.tif")
+        else:
+            import OpenEXR
+
+            header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+            with OpenEXR.File(header, {"Z": np.where(mm > 0, metres, np.inf).astype(np.float32)}) as f:
+                f.write(str(root / "depth" / f"s{i}.exr"))
+    scale = ["--depth-scale", "0.001"] if fmt == "png-mm" else []
+    got = _score(["--dataset", "folder", "--data-root", str(root), *scale, "--min-depth", "0.001",
+                  "--max-depth", "10", "--predictions", str(preds_folder)], tmp_path / f"e-{fmt}")
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-9), (fmt, k)
 
 
 def test_disparity_input_and_the_list_file(tmp_path: Path) -> None:

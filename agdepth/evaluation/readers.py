@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from PIL import Image
 
 from agdepth.data.base import PathLike, SampleReadError, parse_filename_list, read_png_uint16, read_rgb_uint8
+from agdepth.data.folder import DepthEncoding, discover_pairs, read_depth_file, read_mask_file
 from agdepth.data.vkitti import KB_CROP_HW, kb_crop_offsets
 from agdepth.evaluation.datasets import EvalDataset, EvalSample
-from agdepth.imageio import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 
 __all__ = [
     "DIODE",
@@ -517,16 +516,13 @@ class DIODEOutdoor(DIODE):
 
 
 # ------------------------------------------------------------------------------------------------ a user's folder
-FOLDER_DEPTH_SUFFIXES = (".png", ".npy", ".tif", ".tiff")
-
-
 class FolderDataset(MarigoldEvalDataset):
-    """A user's own RGB-D pairs: ``ROOT/rgb/NAME.<image>`` with ``ROOT/depth/NAME.<png|npy|tif|tiff>``, matched by
-    name (or the two-column ``--filename-list``, paths relative to ROOT), optionally ``ROOT/mask/NAME.png`` (nonzero =
-    scored).
+    """A user's own RGB-D pairs (:mod:`agdepth.data.folder`, the reader training uses too): ``ROOT/rgb/NAME.<image>``
+    with ``ROOT/depth/NAME.<png|npy|tif|tiff|exr>``, matched by name (or the two-column ``--filename-list``, paths
+    relative to ROOT), optionally ``ROOT/mask/NAME.png`` (nonzero = scored).
 
-    * Depth: a 16-bit PNG times ``depth_scale`` (0.001 for millimetres), or float ``.npy`` / TIFF in metres (times
-      ``depth_scale``); 0, NaN and inf are invalid. ``disparity=True``: the files hold disparity, depth = depth_scale /
+    * Depth: a 16-bit PNG times ``depth_scale`` (0.001 for millimetres), or float ``.npy`` / TIFF / EXR times
+      ``depth_scale``; 0, NaN and inf are invalid. ``disparity=True``: the files hold disparity, depth = depth_scale /
       value (e.g. the stereo baseline × focal length).
     * An image without a depth partner stays in the list and fails as a missing sample, named; pairs of different
       sizes fail as bad samples.
@@ -541,10 +537,10 @@ class FolderDataset(MarigoldEvalDataset):
 
     def __init__(self, root: PathLike, filename_list: PathLike | None = None, *, depth_scale: float = 1.0,
                  disparity: bool = False, min_depth: float | None = None, max_depth: float | None = None) -> None:
-        if not (math.isfinite(depth_scale) and depth_scale > 0):
-            raise ValueError(f"folder: depth_scale must be a positive number, got {depth_scale}")
-        self.depth_scale, self.disparity = float(depth_scale), bool(disparity)
-        self._given_list = filename_list
+        try:
+            self.encoding = DepthEncoding(float(depth_scale), bool(disparity))
+        except ValueError as e:
+            raise ValueError(f"folder: {e}") from None
         super().__init__(root, filename_list, min_depth=min_depth, max_depth=max_depth)
 
     def _find_list(self, filename_list: PathLike | None) -> Path:
@@ -556,68 +552,13 @@ class FolderDataset(MarigoldEvalDataset):
         return self.root / "rgb"
 
     def _read_list(self, path: Path) -> list[Entry]:
-        if path.is_file():
-            return super()._read_list(path)
-        entries: list[Entry] = []
-        images = (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        for rgb in sorted(images):
-            depth = next((self.root / "depth" / f"{rgb.stem}{s}" for s in FOLDER_DEPTH_SUFFIXES
-                          if (self.root / "depth" / f"{rgb.stem}{s}").is_file()),
-                         self.root / "depth" / f"{rgb.stem}.png")  # missing: fails, named, at load
-            entries.append((rgb.relative_to(self.root).as_posix(), depth.relative_to(self.root).as_posix()))
-        return entries
+        return [tuple(p) for p in discover_pairs(self.root, path if path.is_file() else None)]
 
     def _read_depth(self, path: Path) -> np.ndarray:
-        suffix = path.suffix.lower()
-        if not path.is_file():
-            raise SampleReadError(path, "missing: no depth file for this image")
-        if suffix == ".png":
-            raw = read_png_uint16(path).astype(np.float64)
-        elif suffix == ".npy":
-            try:
-                raw = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
-            except (OSError, ValueError) as e:
-                raise SampleReadError(path, f"cannot read the array ({e})") from e
-        elif suffix in (".tif", ".tiff"):
-            raw = _read_float_tiff(path)
-        else:
-            raise SampleReadError(path, f"unknown depth format {suffix!r} (expected "
-                                        f"{', '.join(FOLDER_DEPTH_SUFFIXES)})")
-        if raw.ndim != 2:
-            raise SampleReadError(path, f"expected a single-channel depth map, got shape {raw.shape}")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            depth = self.depth_scale / raw if self.disparity else raw * self.depth_scale
-        depth = np.where(np.isfinite(depth) & (raw > 0), depth, 0.0)
-        if not (depth > 0).any():
-            raise SampleReadError(path, "no valid depth (every pixel 0, NaN or inf)")
-        return depth
+        return read_depth_file(path, self.encoding)
 
     def _own_valid(self, entry: Entry, shape: tuple[int, int]) -> np.ndarray | None:
-        mask_path = self.root / "mask" / f"{Path(entry[0]).stem}.png"
-        if not mask_path.is_file():
-            return None
-        try:
-            with Image.open(mask_path) as img:
-                mask = np.asarray(img.convert("L")) > 0
-        except Exception as exc:
-            raise SampleReadError(mask_path, f"cannot read the mask ({exc})") from exc
-        if mask.shape != shape:
-            raise SampleReadError(mask_path, f"mask size {mask.shape[0]}x{mask.shape[1]} does not match the depth "
-                                             f"({shape[0]}x{shape[1]})")
-        return mask
-
-
-def _read_float_tiff(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("F", "I", "I;16", "I;16B"):
-                raise SampleReadError(path, f"expected a single-channel float TIFF, got mode {img.mode!r}")
-            return np.asarray(img, dtype=np.float64)
-    except SampleReadError:
-        raise
-    except Exception as exc:
-        raise SampleReadError(path, f"cannot read the TIFF ({exc})") from exc
+        return read_mask_file(self.root, entry[0], shape)
 
 
 READERS: tuple[type[MarigoldEvalDataset], ...] = (NYUv2, KITTIEigenTest, ETH3D, ScanNet, DIODE, DIODEIndoor,

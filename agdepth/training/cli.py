@@ -3,6 +3,7 @@
     depth-train all --config tiny --out runs/tiny                # vae -> autoencoder -> unet
     depth-train unet --config tiny --out runs/tiny --resume      # continue a stage bit-exactly
     depth-train distill-vae --checkpoint runs/tiny/checkpoint --out runs/distill   # + a light VAE (vae_light/)
+    depth-train finetune --data data/mine --depth-scale 0.001 --out runs/mine      # the bundled model on your pairs
     torchrun --nproc_per_node 2 -m agdepth.training.cli unet --config sd2 --out runs/sd2 --set pretrained=DIR
 """
 
@@ -97,6 +98,63 @@ def distill_vae(checkpoint: Path, images: Path | None, init: Path | None, **kw) 
             cfg.data.sources = [SourceConfig(type="images", root=str(images))]
 
     _run(("distill_vae",), edit=edit, **kw)
+
+
+def _holdout(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # a list file; the folder split checks that it exists
+
+
+@main.command(name="finetune")
+@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="The checkpoint to fine-tune (agdepth, Marigold or SD2 directory). Default: the "
+                                 "bundled model.")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of RGB-D pairs: DIR/rgb/NAME.* with DIR/depth/NAME.<png|npy|tif|exr> (DIR/mask/ "
+                   "optional).")
+@click.option("--depth-scale", type=float, default=1.0, show_default=True,
+              help="Metres per depth-file unit (0.001 for 16-bit PNGs in millimetres).")
+@click.option("--disparity", is_flag=True, help="The depth files hold disparity (depth = depth-scale / value).")
+@click.option("--holdout", default="0.1", show_default=True,
+              help="Held out for validation, never trained on: a fraction of the pairs (by a hash of each name) or "
+                   "a file listing their images. The split is written to OUT/data_split/<name>/.")
+@click.option("--replay", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="Share of batches from the config's own sources (what the model was trained on), beside the "
+                   "folder; 0 trains on the folder alone.")
+@_with_common
+def finetune(checkpoint: Path | None, data: Path, depth_scale: float, disparity: bool, holdout: str, replay: float,
+             **kw) -> None:  # type: ignore[no-untyped-def]
+    """Fine-tune a checkpoint's U-Net on your own RGB-D pairs; writes OUT/checkpoint.
+
+    Runs the config's (default: finetune) unet stage from CHECKPOINT's U-Net, VAE and schedule. When the
+    checkpoint has no depth autoencoder and the feature loss is on, the autoencoder stage first pretrains one on the
+    same data (into OUT/depth_autoencoder)."""
+    from agdepth import default_checkpoint
+
+    ckpt = checkpoint or default_checkpoint()
+    if kw["config"] == "tiny":
+        kw["config"] = "finetune"
+
+    def edit(cfg: TrainConfig) -> None:
+        scfg = cfg.stages.setdefault("unet", StageConfig())
+        scfg.checkpoint = str(ckpt)
+        folder = SourceConfig(type="folder", root=str(data), depth_scale=depth_scale, disparity=disparity,
+                              holdout=_holdout(holdout), probability=1.0 - replay)
+        others = [s for s in cfg.data.sources if s.type != "folder"] if replay > 0 else []
+        total = sum(s.probability for s in others)
+        for s in others:
+            s.probability = replay * s.probability / total if total > 0 else 0.0
+        cfg.data.sources = [folder, *others]
+
+    try:
+        cfg = load_config(kw["config"], kw["overrides"])
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from e
+    need_ae = (cfg.stage("unet").losses.feature > 0 and not (ckpt / "depth_autoencoder" / "config.json").is_file()
+               and "autoencoder" in cfg.stages)
+    _run(("autoencoder", "unet") if need_ae else ("unet",), edit=edit, **kw)
 
 
 @main.command(name="all")

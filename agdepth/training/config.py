@@ -65,7 +65,10 @@ class StageConfig:
     # (agdepth.training.augment); makes every sample new, so the latent memo no longer saves encodes
     random_crop: float | None = None
     # distill_vae stage: the teacher checkpoint (depth-train distill-vae --checkpoint), whose full VAE and U-Net stay
-    # frozen, and an optional TAESD-layout AutoencoderTiny directory to start from (--init; else `light_vae` sizes)
+    # frozen, and an optional TAESD-layout AutoencoderTiny directory to start from (--init; else `light_vae` sizes).
+    # unet stage: fine-tune this checkpoint (agdepth, Marigold or SD2 directory; depth-train finetune --checkpoint):
+    # its U-Net, frozen VAE, text embedding, noise schedule, depth autoencoder (else OUT/depth_autoencoder) and
+    # inference defaults replace the preset's.
     checkpoint: str | None = None
     init: str | None = None
     # distill_vae stage: the U-Net prediction whose latent the light decoder learns to decode: 0 / null = the
@@ -80,15 +83,26 @@ class StageConfig:
 
 @dataclass
 class SourceConfig:
-    type: str  # procedural | hypersim | vkitti | images (a folder of RGB images, label-free: distill_vae only)
+    # procedural | hypersim | vkitti | folder (a user's RGB-D pairs, agdepth.data.folder) | images (a folder of RGB
+    # images, label-free: distill_vae only)
+    type: str
     probability: float = 1.0  # share of batches drawn from this source
     domains: list[str] = field(default_factory=list)  # procedural
     length: int = 100_000  # procedural: virtual dataset length
     # procedural: replaces camera statistics of the domains, e.g. {pitch_deg: [-45, 5]} (see camera_overrides)
     camera: dict[str, Any] = field(default_factory=dict)
-    root: str | None = None  # hypersim / vkitti / images
-    filename_list: str | None = None
+    root: str | None = None  # hypersim / vkitti / folder / images
+    filename_list: str | None = None  # hypersim / vkitti / folder (folder: instead of matching rgb/ and depth/ names)
     resize: tuple[int, int] | None = None
+    # folder: metres per depth-file unit (0.001: 16-bit PNGs in millimetres); disparity files: depth = scale / value
+    depth_scale: float = 1.0
+    disparity: bool = False
+    depth_range: tuple[float, float] = (1e-3, 1000.0)  # folder: usable depths (metres), exclusive
+    # folder: the held-out pairs (validation, never trained on): a fraction of the pairs, chosen by a hash of each
+    # image name and the seed, or a file listing their images; null: none. The run writes both sides as filename lists
+    # to OUT/data_split/<name>/ (depth-eval --dataset folder --filename-list).
+    holdout: float | str | None = 0.1
+    name: str | None = None  # folder: the domain name in logs and validation (default: the root folder's name)
 
 
 @dataclass
@@ -97,12 +111,15 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     hflip: bool = True
     val_domains: list[str] = field(default_factory=list)  # procedural unseen domains for periodic validation
-    val_count: int = 8  # scenes per validation domain
+    val_count: int = 8  # scenes per validation domain, and held-out pairs per folder source
     num_workers: int = 0
     # procedural sources: keep rendered scenes in memory (with a small source `length`, a fixed pool read for many
     # epochs instead of fresh scenes rendered every step)
     cache: bool = False
     max_corrupt: int = 50  # unreadable samples tolerated before the run stops
+    # the share of the file sources' samples (folder, hypersim, vkitti, images) that may be missing or unreadable
+    # before the run stops (a folder source's images without a depth file are counted before training starts)
+    max_corrupt_share: float = 0.1
     log_samples: bool = False  # debug: each rank logs the sample names it read and its final weight digest
 
 
@@ -172,8 +189,10 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
             v = _build(LossWeights, v, f"{where}.losses")
         elif k == "mixed_precision" and v in (False, None, "no"):
             v = "fp32"  # YAML reads a bare `no` as False
-        elif k in ("size", "betas", "resize") and v is not None:
+        elif k in ("size", "betas", "resize", "depth_range") and v is not None:
             v = _tuples(v)
+        elif k == "holdout":
+            pass  # a fraction or a list file's path
         elif isinstance(v, str) and str(names[k].type).split(" |")[0] in ("float", "int"):
             # YAML 1.1 reads `2e-3` (no dot) as a string: coerce numeric fields, or say which key is wrong
             try:

@@ -11,6 +11,7 @@ The generic loop in :mod:`agdepth.training.trainer` drives any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict, deque
@@ -233,8 +234,22 @@ class UNetStage(Stage):
     def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
         super().__init__(cfg, out_dir, device)
         self.schedule = marigold_schedule()
+        self.inference = cfg.inference
+        self.source: Path | None = None
         w = self.scfg.losses
-        if cfg.preset == "sd2":
+        ae: DepthAutoencoder | None = None
+        if self.scfg.checkpoint:  # fine-tuning: everything but the data and the optimiser comes from the checkpoint
+            self.source = Path(self.scfg.checkpoint)
+            has_ae = (self.source / "depth_autoencoder" / "config.json").is_file()
+            models = load_checkpoint(self.source, with_autoencoder=has_ae)
+            unet, vae, emb = models.unet, models.vae, models.empty_text_embedding
+            sched_cfg = models.extra.get("scheduler_config")
+            self.schedule = checkpoint_schedule(sched_cfg, source=self.source / "scheduler" / "scheduler_config.json")
+            # the export has no light VAE (one distilled for the old U-Net's latents): the full VAE decodes
+            self.inference = dataclasses.replace(
+                RuntimeDefaults.from_model_index(models.extra.get("model_index"), sched_cfg), vae="full")
+            ae = models.extra.get("depth_autoencoder")
+        elif cfg.preset == "sd2":
             if not cfg.pretrained:
                 raise ValueError("the sd2 preset needs `pretrained`: a local SD2 or Marigold diffusers directory "
                                  "(--set pretrained=/path/to/stable-diffusion-2)")
@@ -258,12 +273,13 @@ class UNetStage(Stage):
         self.embedding = emb.to(device)
         self.autoencoder: DepthAutoencoder | None = None
         ae_dir = self.out_dir / "depth_autoencoder"
-        if w.feature > 0 or ae_dir.is_dir():
+        if ae is None and (w.feature > 0 or ae_dir.is_dir()):
             if not (ae_dir / "config.json").is_file():
                 raise FileNotFoundError(f"{ae_dir} not found: the feature loss needs the pretrained depth "
                                         f"autoencoder (depth-train autoencoder --out {self.out_dir}), or set "
                                         "stages.unet.losses.feature=0")
             ae = DepthAutoencoder.from_pretrained(ae_dir, use_safetensors=True, low_cpu_mem_usage=False)
+        if ae is not None:
             self.autoencoder = _freeze(ae.to(device))
         self.trainable = unet.to(device)
         if self.scfg.gradient_checkpointing:
@@ -367,9 +383,10 @@ class UNetStage(Stage):
             self.vae,
             self.embedding,
             depth_autoencoder=self.autoencoder,
-            inference=self.cfg.inference,
+            inference=self.inference,
             schedule=self.schedule,
-            info={"preset": self.cfg.preset, "trained_steps": step, "losses": vars(self.scfg.losses)},
+            info={"preset": self.cfg.preset, "trained_steps": step, "losses": vars(self.scfg.losses),
+                  **({"fine_tuned_from": self.source.name} if self.source is not None else {})},
         )
         return target
 

@@ -33,6 +33,15 @@ from tqdm.auto import tqdm
 
 from agdepth.artifacts.checkpoint import atomic_dir
 from agdepth.data.base import SkipCorrupt, collate_skip_corrupt
+from agdepth.data.folder import (
+    DepthEncoding,
+    FolderTrainDataset,
+    Pair,
+    discover_pairs,
+    missing_partners,
+    split_pairs,
+    write_pair_list,
+)
 from agdepth.data.mixing import MixedBatchSampler
 from agdepth.data.procedural import DEFAULT_SOURCE_DOMAINS, ProceduralDataset
 from agdepth.training.config import SourceConfig, StageConfig, TrainConfig
@@ -153,7 +162,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return {"rgb": (x * 2 - 1).contiguous(), "name": name, "domain": self.domain}
 
 
-def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> torch.utils.data.Dataset:
+def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int], split: FolderSplit | None = None
+                 ) -> torch.utils.data.Dataset:
+    """One training source's dataset (``split``: a folder source's pairs, when already discovered)."""
     if src.type == "images":
         if not src.root:
             raise ValueError("the images source needs a root folder (--images DIR or --set data.sources.N.root=DIR)")
@@ -177,16 +188,74 @@ def build_source(src: SourceConfig, cfg: TrainConfig, size: tuple[int, int]) -> 
         from agdepth.data.vkitti import VirtualKITTIDataset
 
         return VirtualKITTIDataset(src.root, src.filename_list, hflip=cfg.data.hflip, seed=cfg.seed)
-    raise ValueError(f"unknown data source type {src.type!r}; use procedural, hypersim, vkitti or images")
+    if src.type == "folder":
+        split = split or folder_split(src, cfg)
+        return FolderTrainDataset(split.root, split.train, size, encoding=split.encoding,
+                                  depth_range=tuple(src.depth_range), domain=split.name, hflip=cfg.data.hflip,
+                                  seed=cfg.seed)
+    raise ValueError(f"unknown data source type {src.type!r}; use procedural, hypersim, vkitti, folder or images")
+
+
+@dataclass
+class FolderSplit:
+    """A folder source's pairs: trained on, held out (validation), and missing a depth partner (skipped)."""
+
+    name: str
+    root: Path
+    encoding: DepthEncoding
+    train: list[Pair]
+    heldout: list[Pair]
+    missing: list[str]
+
+
+def folder_split(src: SourceConfig, cfg: TrainConfig) -> FolderSplit:
+    """Discover a folder source's pairs and split them; a pair whose depth file is missing is left out and named.
+
+    Raises ValueError naming the missing files when they are more than ``data.max_corrupt_share`` of the pairs."""
+    if not src.root:
+        raise ValueError("the folder source needs a root directory (--data DIR or --set data.sources.N.root=DIR)")
+    root = Path(src.root)
+    flist = None
+    if src.filename_list:
+        flist = Path(src.filename_list)
+        if not flist.is_absolute() and not flist.is_file():
+            flist = root / flist
+    pairs = discover_pairs(root, flist)
+    train, held = split_pairs(pairs, src.holdout, seed=cfg.seed)
+    missing = missing_partners(root, pairs)
+    if len(missing) > cfg.data.max_corrupt_share * len(pairs):
+        raise ValueError(f"folder source {root}: {len(missing)} of {len(pairs)} images have no depth file (more than "
+                         f"data.max_corrupt_share={cfg.data.max_corrupt_share:g}): "
+                         + ", ".join(str(root / m) for m in missing[:20]) + (" …" if len(missing) > 20 else ""))
+    if missing:
+        logger.warning("folder source %s: %d image(s) without a depth file, skipped: %s", root, len(missing),
+                       ", ".join(str(root / m) for m in missing[:20]) + (" …" if len(missing) > 20 else ""))
+    gone = set(missing)
+    train = [p for p in train if p[1] not in gone]
+    held = [p for p in held if p[1] not in gone]
+    if not train:
+        raise ValueError(f"folder source {root}: no pair left to train on ({len(held)} held out)")
+    encoding = DepthEncoding(float(src.depth_scale), bool(src.disparity))
+    return FolderSplit(src.name or root.resolve().name, root, encoding, train, held, [str(root / m) for m in missing])
+
+
+def folder_splits(cfg: TrainConfig) -> dict[int, FolderSplit]:
+    """The folder sources' splits, by their index in ``data.sources``."""
+    return {i: folder_split(s, cfg) for i, s in enumerate(cfg.data.sources) if s.type == "folder"}
 
 
 class BatchStream:
     """Micro-batch number m → the same batch on every run: epoch = m // batches_per_epoch, then position."""
 
-    def __init__(self, cfg: TrainConfig, scfg: StageConfig, info: DistInfo) -> None:
+    def __init__(self, cfg: TrainConfig, scfg: StageConfig, info: DistInfo,
+                 splits: dict[int, FolderSplit] | None = None) -> None:
         size = scfg.size or cfg.data.size
         sources = cfg.data.sources or [SourceConfig(type="procedural", domains=list(DEFAULT_SOURCE_DOMAINS))]
-        datasets = [build_source(s, cfg, tuple(size)) for s in sources]
+        splits = splits or {}
+        datasets = [build_source(s, cfg, tuple(size), splits.get(i)) for i, s in enumerate(sources)]
+        # pairs of file-backed sources: the base of data.max_corrupt_share
+        self.file_pairs = sum(len(d) for s, d in zip(sources, datasets, strict=True)  # type: ignore[arg-type]
+                              if s.type in ("folder", "hypersim", "vkitti", "images"))
         self.dataset = ConcatDataset([SkipCorrupt(d) for d in datasets])
         self.sampler = MixedBatchSampler(
             [len(d) for d in datasets],  # type: ignore[arg-type]
@@ -216,15 +285,31 @@ class BatchStream:
             epoch, pos = epoch + 1, 0
 
 
-def validation_batches(cfg: TrainConfig, size: tuple[int, int], batch_size: int) -> list[dict[str, Any]]:
-    """The held-out procedural domains (test split: seeds disjoint from training)."""
-    if not cfg.data.val_domains or cfg.data.val_count <= 0:
+def validation_batches(cfg: TrainConfig, size: tuple[int, int], batch_size: int,
+                       splits: dict[int, FolderSplit] | None = None) -> list[dict[str, Any]]:
+    """The held-out procedural domains (test split: seeds disjoint from training) and the first ``data.val_count``
+    held-out pairs of each folder source; unreadable held-out pairs are skipped with a warning naming them."""
+    if cfg.data.val_count <= 0:
         return []
-    out = []
+    out: list[dict[str, Any]] = []
     for dom in cfg.data.val_domains:
         ds = ProceduralDataset([dom], cfg.data.val_count, size=size, split="test", hflip=False, seed=cfg.seed)
         out.extend(DataLoader(ds, batch_size=batch_size))
+    for split in (folder_splits(cfg) if splits is None else splits).values():
+        if not split.heldout:
+            continue
+        ds = SkipCorrupt(FolderTrainDataset(split.root, split.heldout[: cfg.data.val_count], size,
+                                            encoding=split.encoding, domain=split.name))
+        out.extend(b for b in DataLoader(ds, batch_size=batch_size, collate_fn=collate_skip_corrupt) if "rgb" in b)
     return out
+
+
+def write_split_lists(splits: dict[int, FolderSplit], out_dir: Path) -> None:
+    """Each folder source's split as filename lists: OUT/data_split/<name>/{train,heldout}.txt (paths relative to the
+    source's root, for ``depth-eval --dataset folder --data-root ROOT --filename-list``)."""
+    for split in splits.values():
+        for side, pairs in (("train", split.train), ("heldout", split.heldout)):
+            write_pair_list(out_dir / "data_split" / split.name / f"{side}.txt", pairs)
 
 
 # ------------------------------------------------------------------------------------------ resumable state
@@ -347,9 +432,14 @@ def train_stage(
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    stream = BatchStream(cfg, scfg, info)
+    splits = folder_splits(cfg)
+    stream = BatchStream(cfg, scfg, info, splits)
     size = tuple(scfg.size or cfg.data.size)
-    val_batches = validation_batches(cfg, size, scfg.batch_size) if info.is_main else []
+    val_batches = validation_batches(cfg, size, scfg.batch_size, splits) if info.is_main else []
+    if not resume:  # a folder's images without a depth file: skipped, and counted like unreadable samples
+        corrupt.extend(m for split in splits.values() for m in split.missing)
+    if info.is_main and splits:
+        write_split_lists(splits, out_dir)
     log = JsonlLog(log_path if info.is_main else None)
     sample_log = JsonlLog(out_dir / "logs" / f"{stage_name}.samples.rank{info.rank}.jsonl") \
         if cfg.data.log_samples else JsonlLog(None)
@@ -388,10 +478,13 @@ def train_stage(
             batch = next(batches)
             if batch.get("corrupt"):
                 corrupt.extend(batch["corrupt"])
-                if len(corrupt) > cfg.data.max_corrupt:
+                distinct = len(set(corrupt))
+                if len(corrupt) > cfg.data.max_corrupt or distinct > cfg.data.max_corrupt_share * max(stream.file_pairs, 1):
                     raise TooManyCorruptSamplesError(
-                        f"{len(corrupt)} unreadable samples (data.max_corrupt={cfg.data.max_corrupt}): "
-                        + ", ".join(corrupt[:20]) + (" …" if len(corrupt) > 20 else ""))
+                        f"{len(corrupt)} unreadable samples, {distinct} distinct files (data.max_corrupt="
+                        f"{cfg.data.max_corrupt}, data.max_corrupt_share={cfg.data.max_corrupt_share:g} of "
+                        f"{stream.file_pairs} file pairs): "
+                        + ", ".join(dict.fromkeys(corrupt[:20])) + (" …" if distinct > 20 else ""))
             has_data = "rgb" in batch
             if cfg.data.log_samples:
                 sample_log.write({"step": step, "micro": micro, "names": list(batch.get("name", []))})
