@@ -479,7 +479,8 @@ def train_stage(
             if batch.get("corrupt"):
                 corrupt.extend(batch["corrupt"])
                 distinct = len(set(corrupt))
-                if len(corrupt) > cfg.data.max_corrupt or distinct > cfg.data.max_corrupt_share * max(stream.file_pairs, 1):
+                share_limit = cfg.data.max_corrupt_share * max(stream.file_pairs, 1)
+                if len(corrupt) > cfg.data.max_corrupt or distinct > share_limit:
                     raise TooManyCorruptSamplesError(
                         f"{len(corrupt)} unreadable samples, {distinct} distinct files (data.max_corrupt="
                         f"{cfg.data.max_corrupt}, data.max_corrupt_share={cfg.data.max_corrupt_share:g} of "
