@@ -96,18 +96,26 @@ def parse_intrinsics(text: str) -> Intrinsics:
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 4:
         raise ValueError(f"intrinsics must be 4 comma-separated numbers fx,fy,cx,cy; got {len(parts)} in {text!r}")
+    try:
+        return _intrinsics_from_cells(parts)
+    except ValueError as e:
+        raise ValueError(f"intrinsics {e} in {text!r}") from None
+
+
+def _intrinsics_from_cells(cells: Sequence[str]) -> Intrinsics:
+    """fx, fy, cx, cy from 4 text cells; a ValueError saying what is wrong (``fx 'abc' is not a number``)."""
     values = []
-    for name, p in zip(("fx", "fy", "cx", "cy"), parts, strict=True):
+    for name, cell in zip(("fx", "fy", "cx", "cy"), cells, strict=True):
         try:
-            v = float(p)
+            v = float(cell)
         except ValueError:
-            raise ValueError(f"intrinsics {name} is not a number: {p!r} in {text!r}") from None
+            raise ValueError(f"{name} {cell.strip()!r} is not a number") from None
         if not math.isfinite(v):
-            raise ValueError(f"intrinsics {name} must be finite, got {p!r} in {text!r}")
+            raise ValueError(f"{name} {cell.strip()!r} is not finite")
         values.append(v)
     fx, fy, cx, cy = values
     if fx <= 0 or fy <= 0:
-        raise ValueError(f"intrinsics fx and fy must be > 0, got fx={fx:g}, fy={fy:g}")
+        raise ValueError(f"fx and fy must be > 0, got fx={fx:g}, fy={fy:g}")
     return Intrinsics(fx, fy, cx, cy)
 
 
@@ -147,23 +155,6 @@ class IntrinsicsFile:
             if found is not None:
                 raise IntrinsicsRowError(f"{self.path}: {found}")
         raise IntrinsicsRowError(f"{self.path}: no row for {p.name} (by its name or its stem {p.stem})")
-
-
-def _row_intrinsics(cells: Sequence[str]) -> Intrinsics:
-    """fx, fy, cx, cy cells of one CSV row; a ValueError saying what is wrong (``fx 'abc' is not a number``)."""
-    values = []
-    for name, cell in zip(INTRINSICS_HEADER[1:], cells, strict=True):
-        try:
-            v = float(cell)
-        except ValueError:
-            raise ValueError(f"{name} {cell.strip()!r} is not a number") from None
-        if not math.isfinite(v):
-            raise ValueError(f"{name} {cell.strip()!r} is not finite")
-        values.append(v)
-    fx, fy, cx, cy = values
-    if fx <= 0 or fy <= 0:
-        raise ValueError(f"fx and fy must be > 0, got fx={fx:g}, fy={fy:g}")
-    return Intrinsics(fx, fy, cx, cy)
 
 
 def read_intrinsics_file(path: PathLike) -> IntrinsicsFile:
@@ -208,7 +199,7 @@ def read_intrinsics_file(path: PathLike) -> IntrinsicsFile:
                     if len(cells) != len(INTRINSICS_HEADER):
                         raise ValueError(f"{len(cells)} cells, expected {len(INTRINSICS_HEADER)} "
                                          f"({','.join(INTRINSICS_HEADER)})")
-                    rows[name] = _row_intrinsics(cells[1:])
+                    rows[name] = _intrinsics_from_cells(cells[1:])
                 except ValueError as e:
                     rows[name] = f"line {line}: {e}"
     except IntrinsicsFileError:
