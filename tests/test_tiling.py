@@ -15,10 +15,12 @@ from agdepth.data.procedural import render_scene
 from agdepth.networks import ShapeRange
 from agdepth.runtime import DepthPipeline
 from agdepth.runtime.tiling import (
+    add_detail,
     align_tile,
     axis_weights,
     blend_weights,
     default_tile_side,
+    gaussian_lowpass,
     plan_tiles,
     predict_tiled,
     seam_jump,
@@ -84,7 +86,7 @@ def test_axis_weights_ramp_smoothly() -> None:
 
 
 def test_default_tile_rule() -> None:
-    assert default_tile_side(1024, 1024, 64) == 256  # TILE_SCALE × processing resolution
+    assert default_tile_side(1024, 1024, 64) == 320  # TILE_SCALE × processing resolution
     assert default_tile_side(200, 150, 64) == 150  # never larger than the shorter side
     assert default_tile_side(1000, 40, 64) == 40
 
@@ -96,6 +98,29 @@ def test_align_tile_recovers_affine_and_refuses_flat_tiles() -> None:
     assert ok and np.isclose(s, 2.5) and np.isclose(t, 0.3) and np.allclose(aligned, target)
     aligned, _, _, ok = align_tile(np.full((32, 32), 0.5), target)
     assert not ok and np.array_equal(aligned, target)  # a flat tile falls back to the global prediction
+
+
+def test_gaussian_lowpass_keeps_planes_and_smooths_noise() -> None:
+    yy, xx = np.mgrid[0:50, 0:70].astype(np.float64)
+    for plane in (np.full((50, 70), 0.7), 0.3 + 0.01 * yy - 0.02 * xx):
+        for sigma in (0.0, 2.5, 7.0, 500.0):  # 500: the kernel is truncated at the map's size
+            out = gaussian_lowpass(plane, sigma)
+            assert out.shape == plane.shape and np.allclose(out, plane, atol=1e-12)
+    noise = np.random.default_rng(0).normal(size=(64, 80))
+    smooth = gaussian_lowpass(noise, 4.0)
+    assert smooth.std() < 0.2 * noise.std() and abs(smooth.mean() - noise.mean()) < 0.05
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        gaussian_lowpass(np.zeros((2, 3, 4)), 1.0)
+
+
+def test_add_detail_adds_only_the_fine_band() -> None:
+    rng = np.random.default_rng(2)
+    glob = rng.random((40, 60))
+    yy, xx = np.mgrid[0:40, 0:60].astype(np.float64)
+    assert np.allclose(add_detail(glob, 2.0 - 0.05 * yy + 0.01 * xx, 6.0), glob, atol=1e-12)  # a plane adds nothing
+    fine = np.where((xx // 2) % 2 == 0, 0.1, -0.1)  # a 4-px pattern, far finer than σ
+    out = add_detail(glob, 0.5 + 0.02 * yy + fine, 6.0)
+    assert np.abs((out - glob) - fine)[8:-8, 8:-8].max() < 0.02
 
 
 # ------------------------------------------------------------------------------------------------ with the model
@@ -191,7 +216,7 @@ def coordinate_image(h: int, w: int) -> np.ndarray:
 def test_blended_affine_tiles_have_no_seam(pipe: DepthPipeline) -> None:
     img = coordinate_image(300, 260)
     fake = AffineTilesPipe(pipe)
-    depth, grid = predict_tiled(fake, img, tile=96, overlap=0.25, robust=False, return_grid=True)
+    depth, grid = predict_tiled(fake, img, tile=96, overlap=0.25, robust=False, lowpass=None, return_grid=True)
     truth = known_depth(img[..., 0], img[..., 1])
     assert grid is not None and len(grid) == len(fake.affines) - 1 > 4
     assert len({a for a in fake.affines[1:]}) == len(grid)  # a different affine per tile
@@ -208,6 +233,19 @@ def test_blended_affine_tiles_have_no_seam(pipe: DepthPipeline) -> None:
     for (y0, y1, x0, x1), p in zip(grid.boxes, tiles, strict=True):
         raw[y0:y1, x0:x1] = p
     assert seam_jump(raw, grid)["ratio"] > 3
+
+
+def test_detail_split_keeps_the_global_frame(pipe: DepthPipeline) -> None:
+    img = coordinate_image(300, 260)
+    blended = predict_tiled(AffineTilesPipe(pipe), img, tile=96, overlap=0.25, robust=False, lowpass=None)
+    depth, grid = predict_tiled(AffineTilesPipe(pipe), img, tile=96, overlap=0.25, robust=False, lowpass=2.0,
+                                return_grid=True)
+    glob = known_depth(img[..., 0], img[..., 1])  # the fake's global prediction (the single-image call)
+    sigma = 2.0 * 300 / pipe.check_settings()[2]  # 2 global cells
+    assert grid is not None and depth.dtype == np.float32 and depth.shape == (300, 260)
+    np.testing.assert_allclose(depth, add_detail(glob, blended, sigma), atol=1e-5)
+    # the layout is the global prediction's: the difference is only the tiles' fine band, small and zero-mean
+    assert abs(float(np.mean(depth - glob))) < 1e-3 and np.abs(depth - glob).max() < 0.05
 
 
 def test_seam_jump_flags_a_step() -> None:

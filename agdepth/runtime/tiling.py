@@ -5,7 +5,8 @@ structure smaller than a few input pixels × (image side / processing resolution
 detail without new engines:
 
 1. **Global**: the plain pipeline call on the whole image at the processing resolution, upsampled to the input size
-   (``match_input_resolution``). This fixes the frame the result is expressed in.
+   (``match_input_resolution``). This fixes the frame the result is expressed in. Its *cell* is
+   ``longer image side / processing resolution`` input pixels (16 px at 1024 px for the bundled model).
 2. **Tiles**: a grid of overlapping *square* tiles of ``tile`` input pixels (:func:`plan_tiles`), each predicted at
    the same processing resolution — so each tile is seen ``image side / tile`` times finer than in the global call.
    All tiles go through one pipeline call (``batch_size`` rows per network call), each with its own initial noise
@@ -16,17 +17,23 @@ detail without new engines:
    at depth edges, where the blurred global prediction and the sharp tile disagree most). A tile whose fit is
    degenerate (no depth variation, non-positive scale) contributes the global prediction instead.
 4. **Blending**: separable raised-cosine ramps across each overlap (:func:`axis_weights`), normalised so the weights
-   of the tiles covering a pixel sum to exactly 1: C¹-continuous transitions, no visible seam
-   (:func:`seam_jump` measures it).
+   of the tiles covering a pixel sum to exactly 1: C¹-continuous transitions (:func:`seam_jump` measures seams).
+5. **Detail** (``lowpass`` = σ in global cells, default ``LOWPASS_SCALE`` = 2): the result is the global prediction
+   plus the blended tiles' high-frequency band, ``global + tiled − G_σ(tiled)`` (:func:`add_detail`), with G_σ a
+   Gaussian of σ = ``lowpass`` × cell input pixels (32 px at 1024 px). The layout, and so the large-scale depth
+   values, stay the global prediction's (a tile sees too little context to place its content in depth); the tiles
+   contribute only structure finer than about σ — the depth edges the global call blurs. Between one and two
+   cells the band overlaps the global prediction's own finest structure, where the two add up (edges the global
+   call shows blurred get steeper). The low-pass is exact on planes (edges padded by odd reflection), so planar
+   tiles add nothing. ``lowpass=None``: the blended tiles replace the global prediction (step 4's output).
 
-**Tile rule** (``tile=None``): ``tile = TILE_SCALE × processing resolution`` input pixels (4 × 64 = 256 px for the
-bundled model, i.e. each tile is downsampled 4× for the network instead of the whole image's 16× at 1024 px); never
+**Tile rule** (``tile=None``): ``tile = TILE_SCALE × processing resolution`` input pixels (5 × 64 = 320 px for the
+bundled model, i.e. each tile is downsampled 5× for the network instead of the whole image's 16× at 1024 px); never
 smaller than the processing resolution (no detail would be gained) and never larger than the image's shorter side.
 The grid is the smallest number of tiles per axis whose overlap is at least ``overlap`` × tile (default 50 %), spread
-evenly (the actual overlap may be a little larger): 7 × 7 = 49 tiles at 1024 px. TILE_SCALE and the overlap were
-chosen on validation-split scenes (``benchmarks/tiling.py``): smaller tiles (2×) see too little context for the tiny
-model and gained fewer edges; 25 % overlap lost AbsRel. An image no larger than the processing resolution (longer
-edge ≤ it), or one a single tile covers, returns the plain prediction.
+evenly (the actual overlap may be a little larger): 6 × 6 = 36 tiles at 1024 px. TILE_SCALE, the overlap and
+LOWPASS_SCALE were chosen on validation-split scenes (``benchmarks/tiling.py``). An image no larger than the
+processing resolution (longer edge ≤ it), or one a single tile covers, returns the plain prediction.
 
 Every tile is square and is processed at the same processing resolution as the global call, so the tiles have the
 global call's padded network shape: :func:`predict_tiled` checks the tile calls (shape and rows per call) against the
@@ -45,7 +52,8 @@ from PIL import Image
 
 from agdepth.runtime.preprocess import PreparedImage, image_size
 
-TILE_SCALE = 4  # default tile side, in multiples of the processing resolution (tuned on the val split)
+TILE_SCALE = 5  # default tile side, in multiples of the processing resolution (tuned on the val split)
+LOWPASS_SCALE = 2.0  # default σ of the detail split, in global cells (image side / processing resolution)
 DEFAULT_TRIM = 0.2  # robust alignment: fraction of largest residuals left out of the refit
 
 
@@ -163,6 +171,43 @@ def align_tile(pred: np.ndarray, target: np.ndarray, robust: bool = True, trim: 
     return s * pred.astype(np.float64) + t, s, t, True
 
 
+def _odd_pad(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """``a`` extended by ``r`` samples at both ends of ``axis`` by odd reflection (2·edge − mirror image): linear
+    functions continue exactly."""
+    a = np.moveaxis(a, axis, 0)
+    lo = 2 * a[:1] - a[r:0:-1]
+    hi = 2 * a[-1:] - a[-2 : -r - 2 : -1]
+    return np.moveaxis(np.concatenate([lo, a, hi]), 0, axis)
+
+
+def gaussian_lowpass(x: np.ndarray, sigma: float) -> np.ndarray:
+    """[H, W] map blurred by a separable Gaussian of ``sigma`` px (float64; truncated at 3σ, or at the map's size),
+    edges padded by odd reflection: constant and planar maps are returned unchanged (up to rounding)."""
+    a = np.asarray(x, np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"gaussian_lowpass takes an [H, W] map, got shape {a.shape}")
+    if not sigma > 0:
+        return a.copy()
+    for axis in (0, 1):
+        n = a.shape[axis]
+        r = min(int(math.ceil(3 * sigma)), n - 1)
+        if r < 1:
+            continue
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        k /= k.sum()
+        padded = torch.from_numpy(np.ascontiguousarray(np.moveaxis(_odd_pad(a, r, axis), axis, -1)))
+        out = torch.nn.functional.conv1d(padded.reshape(-1, 1, n + 2 * r), torch.from_numpy(k).view(1, 1, -1))
+        a = np.moveaxis(out.reshape(*padded.shape[:-1], n).numpy(), -1, axis)
+    return a
+
+
+def add_detail(glob: np.ndarray, tiled: np.ndarray, sigma: float) -> np.ndarray:
+    """``glob + tiled − gaussian_lowpass(tiled, sigma)`` (float64): the global map plus the tiled map's structure
+    finer than about ``sigma`` px (step 5 of the module docstring). A planar ``tiled`` adds nothing."""
+    t = np.asarray(tiled, np.float64)
+    return np.asarray(glob, np.float64) + (t - gaussian_lowpass(t, sigma))
+
+
 def _as_croppable(image: Any) -> np.ndarray | torch.Tensor:
     if isinstance(image, PreparedImage):
         raise TypeError("predict_tiled needs the raw image (a prepared image is already resized)")
@@ -208,12 +253,14 @@ def predict_tiled(
     *,
     robust: bool = True,
     trim: float = DEFAULT_TRIM,
+    lowpass: float | None = LOWPASS_SCALE,
     return_grid: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, TileGrid | None]:
     """Depth of one image at its full resolution: the global prediction refined by overlapping tiles (see the module
     docstring for the method and the tile rule). Returns float32 [H, W], affine-invariant depth in the global
     prediction's frame (≈ [0, 1]; aligned tiles may overshoot it slightly); with ``return_grid`` also the
-    :class:`TileGrid` (None when no tile was run). ``batch_size``: tile rows per network call (0 = the backend's
+    :class:`TileGrid` (None when no tile was run). ``lowpass``: σ of the detail split in global cells (step 5; None:
+    the blended tiles replace the global prediction). ``batch_size``: tile rows per network call (0 = the backend's
     maximum). Raises ValueError, before any network call, when the tiles fall outside the exported shape range."""
     img = _as_croppable(image)
     h, w = image_size(img)
@@ -244,6 +291,8 @@ def predict_tiled(
     for (y0, y1, x0, x1), p, wt in zip(boxes, preds, blend_weights(grid), strict=True):
         aligned = align_tile(np.asarray(p), glob[y0:y1, x0:x1], robust=robust, trim=trim)[0]
         out[y0:y1, x0:x1] += wt * aligned
+    if lowpass is not None:
+        out = add_detail(glob, out, float(lowpass) * max(h, w) / res)
     out = out.astype(np.float32)
     return (out, grid) if return_grid else out
 
@@ -304,5 +353,6 @@ def seam_jump(depth: np.ndarray, tile_grid: TileGrid, q: float = 99.0, step: int
     }
 
 
-__all__ = ["DEFAULT_TRIM", "TILE_SCALE", "TileGrid", "align_tile", "axis_weights", "blend_weights", "check_tiles",
-           "default_tile_side", "plan_tiles", "predict_tiled", "seam_jump"]
+__all__ = ["DEFAULT_TRIM", "LOWPASS_SCALE", "TILE_SCALE", "TileGrid", "add_detail", "align_tile", "axis_weights",
+           "blend_weights", "check_tiles", "default_tile_side", "gaussian_lowpass", "plan_tiles", "predict_tiled",
+           "seam_jump"]
