@@ -315,7 +315,8 @@ def seam_jump(depth: np.ndarray, tile_grid: TileGrid, q: float = 99.0, step: int
     their stencils straddle the edge. *Inside* samples are those of the same direction centred at least 2k px from
     every tile edge. A seam (a step, or a kink where a tile's weight starts) is a large second difference across the
     edge. Returns the ``q``-th percentiles (``border``, ``inside``), their ``ratio`` (border / inside: ≤ 1 means no
-    seam stands out from the image's own structure), the means and their ``mean_ratio``, and the sample counts. NaN
+    seam stands out from the image's own structure), the means and their ``mean_ratio``, the largest values and their
+    ``max_ratio`` (the largest jump across a border over the largest inside a tile), and the sample counts. NaN
     ratios when a side has no sample (one tile)."""
     d = np.asarray(depth, np.float64)
     if d.shape != (tile_grid.height, tile_grid.width):
@@ -346,9 +347,11 @@ def seam_jump(depth: np.ndarray, tile_grid: TileGrid, q: float = 99.0, step: int
 
     bq, iq = stat(b, lambda x: np.percentile(x, q)), stat(i, lambda x: np.percentile(x, q))
     bm, im = stat(b, np.mean), stat(i, np.mean)
+    bx, ix = stat(b, np.max), stat(i, np.max)
     return {
         "border": bq, "inside": iq, "ratio": bq / iq if b.size and iq > 0 else float("nan"),
         "border_mean": bm, "inside_mean": im, "mean_ratio": bm / im if b.size and im > 0 else float("nan"),
+        "border_max": bx, "inside_max": ix, "max_ratio": bx / ix if b.size and ix > 0 else float("nan"),
         "border_samples": int(b.size), "inside_samples": int(i.size), "percentile": float(q), "step": k,
     }
 
