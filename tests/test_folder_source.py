@@ -213,3 +213,27 @@ def test_finetune_stops_naming_files_when_too_many_pairs_are_bad(tmp_path: Path)
                               "--out", str(tmp_path / "run2"), "--set", "stages.autoencoder.iterations=3"])
     assert code == 1, output
     assert "data.max_corrupt_share=0.1 of 6 file pairs" in output and str(data / "depth" / "p01.png") in output
+
+
+def test_finetune_an_sd2_directory_with_its_own_config(tmp_path: Path, tiny_sd2_dir: Path) -> None:
+    """The same command on an SD2-layout directory (4-channel U-Net, CLIP text encoder): the sd2 config, no replay."""
+    from agdepth.artifacts.checkpoint import load_checkpoint
+
+    data, out = tmp_path / "mine", tmp_path / "run"
+    _folder(data, 4, size=32)
+    sets = ["data.size=[32,32]", "data.val_domains=[]", "data.val_count=1", "stages.unet.iterations=1",
+            "stages.unet.batch_size=2", "stages.unet.grad_accum=1", "stages.unet.mixed_precision=fp32",
+            "stages.unet.gradient_checkpointing=false", "stages.autoencoder.iterations=1",
+            "stages.autoencoder.batch_size=2", "autoencoder.block_out_channels=[4,8,8,8,8]",
+            "autoencoder.norm_num_groups=4"]
+    cmd = ["finetune", "--config", "sd2", "--checkpoint", str(tiny_sd2_dir), "--data", str(data), "--depth-scale",
+           "0.001", "--holdout", "0.25", "--replay", "0", "--out", str(out), "--no-progress"]
+    for o in sets:
+        cmd += ["--set", o]
+    res = CliRunner().invoke(train_main, cmd, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    models = load_checkpoint(out / "checkpoint")
+    assert models.unet.config.in_channels == 8  # conv_in expanded for the RGB latent, as Marigold's
+    records = [json.loads(line) for line in (out / "logs" / "unet.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["event"] == "start")
+    assert [s["type"] for s in start["config"]["data"]["sources"]] == ["folder"]  # --replay 0: the folder alone

@@ -128,13 +128,13 @@ def finetune(checkpoint: Path | None, data: Path, depth_scale: float, disparity:
              **kw) -> None:  # type: ignore[no-untyped-def]
     """Fine-tune a checkpoint's U-Net on your own RGB-D pairs; writes OUT/checkpoint.
 
-    Runs the config's (default: finetune) unet stage from CHECKPOINT's U-Net, VAE and schedule. When the
+    Runs the config's (default here: finetune) unet stage from CHECKPOINT's U-Net, VAE and schedule. When the
     checkpoint has no depth autoencoder and the feature loss is on, the autoencoder stage first pretrains one on the
     same data (into OUT/depth_autoencoder)."""
     from agdepth import default_checkpoint
 
     ckpt = checkpoint or default_checkpoint()
-    if kw["config"] == "tiny":
+    if click.get_current_context().get_parameter_source("config") is click.core.ParameterSource.DEFAULT:
         kw["config"] = "finetune"
 
     def edit(cfg: TrainConfig) -> None:

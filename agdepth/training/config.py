@@ -66,9 +66,9 @@ class StageConfig:
     random_crop: float | None = None
     # distill_vae stage: the teacher checkpoint (depth-train distill-vae --checkpoint), whose full VAE and U-Net stay
     # frozen, and an optional TAESD-layout AutoencoderTiny directory to start from (--init; else `light_vae` sizes).
-    # unet stage: fine-tune this checkpoint (agdepth, Marigold or SD2 directory; depth-train finetune --checkpoint):
-    # its U-Net, frozen VAE, text embedding, noise schedule, depth autoencoder (else OUT/depth_autoencoder) and
-    # inference defaults replace the preset's.
+    # unet stage: fine-tune this checkpoint (depth-train finetune --checkpoint). An agdepth or Marigold checkpoint's
+    # U-Net, frozen VAE, text embedding, noise schedule, depth autoencoder (else OUT/depth_autoencoder) and inference
+    # defaults replace the preset's; an SD2 base directory is read as `pretrained` is (its conv_in expanded).
     checkpoint: str | None = None
     init: str | None = None
     # distill_vae stage: the U-Net prediction whose latent the light decoder learns to decode: 0 / null = the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -226,6 +227,14 @@ class LatentMemo:
         return torch.stack(out)
 
 
+def _is_depth_checkpoint(path: Path) -> bool:
+    """An agdepth or Marigold checkpoint (a U-Net taking the RGB and the depth latent), not an SD2 base directory."""
+    try:
+        return json.loads((path / "unet" / "config.json").read_text(encoding="utf-8")).get("in_channels") == 8
+    except (OSError, ValueError):
+        return True  # let load_checkpoint name what is wrong
+
+
 class UNetStage(Stage):
     """Fine-tuning (sd2) or training (tiny) the depth U-Net with the paper's losses."""
 
@@ -238,7 +247,12 @@ class UNetStage(Stage):
         self.source: Path | None = None
         w = self.scfg.losses
         ae: DepthAutoencoder | None = None
-        if self.scfg.checkpoint:  # fine-tuning: everything but the data and the optimiser comes from the checkpoint
+        if self.scfg.checkpoint and not _is_depth_checkpoint(Path(self.scfg.checkpoint)):
+            # an SD2 base directory: its weights, as `pretrained`, with the depth schedule and the config's settings
+            self.source = Path(self.scfg.checkpoint)
+            models = load_sd2(self.source)
+            unet, vae, emb = models.unet, models.vae, models.empty_text_embedding
+        elif self.scfg.checkpoint:  # a depth checkpoint: all but the data and the optimiser comes from it
             self.source = Path(self.scfg.checkpoint)
             has_ae = (self.source / "depth_autoencoder" / "config.json").is_file()
             models = load_checkpoint(self.source, with_autoencoder=has_ae)
