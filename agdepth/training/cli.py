@@ -120,7 +120,7 @@ def _holdout(value: str) -> float | str:
 @click.option("--holdout", default="0.1", show_default=True,
               help="Held out for validation, never trained on: a fraction of the pairs (by a hash of each name) or "
                    "a file listing their images. The split is written to OUT/data_split/<name>/.")
-@click.option("--replay", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+@click.option("--replay", type=click.FloatRange(0, 1, max_open=True), default=0.75, show_default=True,
               help="Share of batches from the config's own sources (what the model was trained on), beside the "
                    "folder; 0 trains on the folder alone.")
 @_with_common
