@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import correlate1d
 
 from agdepth.runtime.preprocess import PreparedImage, image_size
 
@@ -195,9 +196,9 @@ def gaussian_lowpass(x: np.ndarray, sigma: float) -> np.ndarray:
             continue
         k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
         k /= k.sum()
-        padded = torch.from_numpy(np.ascontiguousarray(np.moveaxis(_odd_pad(a, r, axis), axis, -1)))
-        out = torch.nn.functional.conv1d(padded.reshape(-1, 1, n + 2 * r), torch.from_numpy(k).view(1, 1, -1))
-        a = np.moveaxis(out.reshape(*padded.shape[:-1], n).numpy(), -1, axis)
+        # scipy's 1-D correlation: several times faster than a single-channel torch conv1d for wide kernels
+        out = correlate1d(_odd_pad(a, r, axis), k, axis=axis, mode="constant")
+        a = np.take(out, np.arange(r, r + n), axis=axis)
     return a
 
 
