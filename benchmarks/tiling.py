@@ -16,9 +16,9 @@ ground truth (nearest, pixel centres) and prediction (bilinear, as the protocol 
 Seams: :func:`agdepth.runtime.tiling.seam_jump` (99th percentile of |second difference|, stride 4 px, of samples
 centred < 4 px from a tile edge, taken across it / the same of samples ≥ 8 px from every tile edge) of the tiled map,
 per image; the acceptance is on the largest per-image ratio. Also reported, as the acceptance reads literally: the
-largest |second difference| across tile borders over the largest inside tiles, per image. Two references, not part of the acceptance: the global
-map on the same grid, and the tiled map measured on the grid shifted by half a tile stride (lines where no tile edge
-lies: how far the ratio moves with the scene content alone).
+largest |second difference| across tile borders over the largest inside tiles, per image. Two references, not part
+of the acceptance: the global map on the same grid, and the tiled map measured on the grid shifted by half a tile
+stride (lines where no tile edge lies: how far the ratio moves with the scene content alone).
 Latency: wall time per image of the global call and of ``predict_tiled`` (which includes its global call), on this
 machine (load average in the header).
 
