@@ -212,7 +212,8 @@ def test_finetune_stops_naming_files_when_too_many_pairs_are_bad(tmp_path: Path)
     code, output = _finetune(["--data", str(data), "--depth-scale", "0.001", "--holdout", "0", "--replay", "0",
                               "--out", str(tmp_path / "run2"), "--set", "stages.autoencoder.iterations=3"])
     assert code == 1, output
-    assert "data.max_corrupt_share=0.1 of 6 file pairs" in output and str(data / "depth" / "p01.png") in output
+    assert "1 of the folder sources' 6 pairs missing or unreadable (data.max_corrupt_share=0.1)" in output
+    assert str(data / "depth" / "p01.png") in output
 
 
 def test_finetune_an_sd2_directory_with_its_own_config(tmp_path: Path, tiny_sd2_dir: Path) -> None:

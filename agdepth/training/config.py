@@ -117,8 +117,8 @@ class DataConfig:
     # epochs instead of fresh scenes rendered every step)
     cache: bool = False
     max_corrupt: int = 50  # unreadable samples tolerated before the run stops
-    # the share of the file sources' samples (folder, hypersim, vkitti, images) that may be missing or unreadable
-    # before the run stops (a folder source's images without a depth file are counted before training starts)
+    # the share of the folder sources' pairs that may be missing or unreadable before the run stops (images without a
+    # depth file are counted before training starts)
     max_corrupt_share: float = 0.1
     log_samples: bool = False  # debug: each rank logs the sample names it read and its final weight digest
 

@@ -206,6 +206,7 @@ class FolderSplit:
     train: list[Pair]
     heldout: list[Pair]
     missing: list[str]
+    total: int  # pairs found, missing ones included
 
 
 def folder_split(src: SourceConfig, cfg: TrainConfig) -> FolderSplit:
@@ -236,7 +237,8 @@ def folder_split(src: SourceConfig, cfg: TrainConfig) -> FolderSplit:
     if not train:
         raise ValueError(f"folder source {root}: no pair left to train on ({len(held)} held out)")
     encoding = DepthEncoding(float(src.depth_scale), bool(src.disparity))
-    return FolderSplit(src.name or root.resolve().name, root, encoding, train, held, [str(root / m) for m in missing])
+    return FolderSplit(src.name or root.resolve().name, root, encoding, train, held, [str(root / m) for m in missing],
+                       len(pairs))
 
 
 def folder_splits(cfg: TrainConfig) -> dict[int, FolderSplit]:
@@ -253,9 +255,9 @@ class BatchStream:
         sources = cfg.data.sources or [SourceConfig(type="procedural", domains=list(DEFAULT_SOURCE_DOMAINS))]
         splits = splits or {}
         datasets = [build_source(s, cfg, tuple(size), splits.get(i)) for i, s in enumerate(sources)]
-        # pairs of file-backed sources: the base of data.max_corrupt_share
-        self.file_pairs = sum(len(d) for s, d in zip(sources, datasets, strict=True)  # type: ignore[arg-type]
-                              if s.type in ("folder", "hypersim", "vkitti", "images"))
+        # the folder sources: data.max_corrupt_share is of their pairs
+        self.folder_roots = tuple(str(split.root) for split in splits.values())
+        self.folder_pairs = sum(split.total for split in splits.values())
         self.dataset = ConcatDataset([SkipCorrupt(d) for d in datasets])
         self.sampler = MixedBatchSampler(
             [len(d) for d in datasets],  # type: ignore[arg-type]
@@ -478,14 +480,16 @@ def train_stage(
             batch = next(batches)
             if batch.get("corrupt"):
                 corrupt.extend(batch["corrupt"])
-                distinct = len(set(corrupt))
-                share_limit = cfg.data.max_corrupt_share * max(stream.file_pairs, 1)
-                if len(corrupt) > cfg.data.max_corrupt or distinct > share_limit:
+                in_folders = {c for c in corrupt if c.startswith(stream.folder_roots)} if stream.folder_roots else set()
+                if len(corrupt) > cfg.data.max_corrupt:
                     raise TooManyCorruptSamplesError(
-                        f"{len(corrupt)} unreadable samples, {distinct} distinct files (data.max_corrupt="
-                        f"{cfg.data.max_corrupt}, data.max_corrupt_share={cfg.data.max_corrupt_share:g} of "
-                        f"{stream.file_pairs} file pairs): "
-                        + ", ".join(dict.fromkeys(corrupt[:20])) + (" …" if distinct > 20 else ""))
+                        f"{len(corrupt)} unreadable samples (data.max_corrupt={cfg.data.max_corrupt}): "
+                        + ", ".join(corrupt[:20]) + (" …" if len(corrupt) > 20 else ""))
+                if len(in_folders) > cfg.data.max_corrupt_share * stream.folder_pairs:
+                    raise TooManyCorruptSamplesError(
+                        f"{len(in_folders)} of the folder sources' {stream.folder_pairs} pairs missing or unreadable "
+                        f"(data.max_corrupt_share={cfg.data.max_corrupt_share:g}): "
+                        + ", ".join(sorted(in_folders)[:20]) + (" …" if len(in_folders) > 20 else ""))
             has_data = "rgb" in batch
             if cfg.data.log_samples:
                 sample_log.write({"step": step, "micro": micro, "names": list(batch.get("name", []))})
